@@ -1,0 +1,214 @@
+"""A recurrent model: dynamics + integrator (continuous systems only) + readout,
+rolled out over a time-major input sequence with `lax.scan`."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._dynamics import AbstractCell, AbstractDynamics, AbstractVectorField, _check_size
+from ._integrate import AbstractIntegrator
+
+
+class Linear(eqx.Module):
+    """Affine readout `o = c + V h` (weights uniform on `±1/√in`, like PyTorch)."""
+
+    weight: Float[Array, "out in"]
+    bias: Float[Array, " out"] | None
+    in_features: int = eqx.field(static=True)
+    out_features: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        key: PRNGKeyArray,
+    ):
+        _check_size("in_features", in_features)
+        _check_size("out_features", out_features)
+        wkey, bkey = jr.split(key)
+        bound = 1.0 / np.sqrt(in_features)
+        shape = (out_features, in_features)
+        self.weight = jr.uniform(wkey, shape, minval=-bound, maxval=bound)
+        self.bias = (
+            jr.uniform(bkey, (out_features,), minval=-bound, maxval=bound)
+            if use_bias
+            else None
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def __call__(self, h: Float[Array, " in"]) -> Float[Array, " out"]:
+        out = self.weight @ h
+        return out if self.bias is None else out + self.bias
+
+
+class Model(eqx.Module):
+    """Dynamics, how they are stepped in time, and what is read out.
+
+    **Arguments:**
+
+    - `dynamics`: a vector field (`CTRNN`, `LinearExample`, `DampedOscillator`, …)
+      or a discrete cell (`ElmanRNN`, `LSTM`, `GRU`).
+    - `integrator`: for a vector field, `Euler(dt)`, `Heun(dt)`, `RK4(dt)` or
+      `Diffrax(dt, solver=...)`; must be `None` for a discrete cell.
+    - `readout`: a module mapping `dynamics.observe(h)` to outputs, e.g.
+      `Linear(n, k, key=...)`; `None` outputs the observed state itself.
+    - `initial_state`: the state before the first input; zeros if `None`.
+    - `learn_initial_state`: if true, `initial_state` is trained with the rest;
+      otherwise gradients do not flow into it.
+
+    Time is `t_i = t0 + i dt` (`dt = 1` for discrete cells). The state `h_t` is
+    the state after consuming the input `x_t`; losses compare `output(h_t)` with
+    the target `y_t`.
+    """
+
+    dynamics: AbstractDynamics
+    integrator: AbstractIntegrator | None
+    readout: Callable | None
+    initial_state: Float[Array, " state"] | None
+    learn_initial_state: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        dynamics: AbstractDynamics,
+        integrator: AbstractIntegrator | None = None,
+        readout: Callable | None = None,
+        *,
+        initial_state: ArrayLike | None = None,
+        learn_initial_state: bool = False,
+    ):
+        if isinstance(dynamics, AbstractVectorField) and integrator is None:
+            raise ValueError(
+                f"`{type(dynamics).__name__}` is a continuous-time vector field; "
+                "pass `integrator=rnnode.Euler(dt=...)` (or `Heun`, `RK4`, `Diffrax`)"
+            )
+        if isinstance(dynamics, AbstractCell) and integrator is not None:
+            raise ValueError(
+                f"`{type(dynamics).__name__}` is a discrete cell and is stepped "
+                "directly; pass `integrator=None`"
+            )
+        if not isinstance(dynamics, AbstractDynamics):
+            raise ValueError(
+                f"`dynamics` must be an rnnode dynamics module, got {type(dynamics)}"
+            )
+        if initial_state is not None:
+            initial_state = jnp.asarray(initial_state, dtype=float)
+            if initial_state.shape != (dynamics.state_size,):
+                raise ValueError(
+                    f"`initial_state` must have shape ({dynamics.state_size},), "
+                    f"got {initial_state.shape}"
+                )
+        elif learn_initial_state:
+            initial_state = jnp.zeros((dynamics.state_size,))
+        self.dynamics = dynamics
+        self.integrator = integrator
+        self.readout = readout
+        self.initial_state = initial_state
+        self.learn_initial_state = learn_initial_state
+
+    @property
+    def dt(self) -> float:
+        """The interval between inputs: the integrator's `dt`, or 1 for a cell."""
+        return 1.0 if self.integrator is None else self.integrator.dt
+
+    @property
+    def state_size(self) -> int:
+        return self.dynamics.state_size
+
+    @property
+    def input_size(self) -> int:
+        return self.dynamics.input_size
+
+    def init_state(self) -> Float[Array, " state"]:
+        """The initial state (zeros, given, or learnt)."""
+        if self.initial_state is None:
+            return jnp.zeros((self.dynamics.state_size,))
+        if self.learn_initial_state:
+            return self.initial_state
+        return jax.lax.stop_gradient(self.initial_state)
+
+    def step(
+        self,
+        h: Float[Array, " state"],
+        t: Float[ArrayLike, ""],
+        x: Float[Array, " input"],
+        x_next: Float[Array, " input"],
+    ) -> Float[Array, " state"]:
+        """One step: `h_t` from `h_{t-1}`, with input `x` (and the next sample
+        `x_next`, used by integrators that interpolate the input)."""
+        if self.integrator is None:
+            del t, x_next
+            return self.dynamics(h, x)
+        return self.integrator.step(self.dynamics, t, h, x, x_next)
+
+    def output(self, h: Float[Array, " state"]) -> Float[Array, " out"]:
+        """The readout of a state."""
+        obs = self.dynamics.observe(h)
+        return obs if self.readout is None else self.readout(obs)
+
+    def step_inputs(
+        self, xs: Float[Array, "time input"], t0: float = 0.0
+    ) -> tuple[
+        Float[Array, " time"], Float[Array, "time input"], Float[Array, "time input"]
+    ]:
+        """The per-step arguments `(t, x, x_next)` of `step` for a whole sequence."""
+        T = xs.shape[0]
+        ts = t0 + self.dt * jnp.arange(T, dtype=xs.dtype)
+        xs_next = jnp.concatenate([xs[1:], xs[-1:]], axis=0)
+        return ts, xs, xs_next
+
+    def rollout(
+        self,
+        xs: Float[ArrayLike, "time *batch input"],
+        *,
+        h0: Float[ArrayLike, "*batch state"] | None = None,
+        t0: float = 0.0,
+    ) -> tuple[Float[Array, "time *batch state"], Float[Array, "time *batch out"]]:
+        """Run over a time-major sequence, `(time, input)` or `(time, batch, input)`.
+
+        **Returns:** `(hs, outs)`, the states `h_1 … h_T` and their readouts.
+        """
+        xs = check_inputs(self, xs)
+        if xs.ndim == 3:
+            h0_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
+            fn = jax.vmap(
+                lambda x, h: self.rollout(x, h0=h, t0=t0),
+                in_axes=(1, h0_axis),
+                out_axes=(1, 1),
+            )
+            return fn(xs, h0)
+        h = self.init_state() if h0 is None else jnp.asarray(h0)
+
+        def body(h, inp):
+            h = self.step(h, *inp)
+            return h, (h, self.output(h))
+
+        _, (hs, outs) = jax.lax.scan(body, h, self.step_inputs(xs, t0))
+        return hs, outs
+
+
+def check_inputs(model: Model, xs) -> Array:
+    """Validate a time-major input array against the model; return it as an array."""
+    xs = jnp.asarray(xs)
+    if xs.ndim not in (2, 3):
+        raise ValueError(
+            f"inputs must be time-major `(time, input)` or `(time, batch, input)`, "
+            f"got shape {xs.shape}"
+        )
+    if xs.shape[0] == 0:
+        raise ValueError("inputs have no time steps")
+    if xs.shape[-1] != model.input_size:
+        raise ValueError(
+            f"inputs have {xs.shape[-1]} features but the model's "
+            f"`input_size` is {model.input_size}"
+        )
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise ValueError(f"inputs must be floating point, got dtype {xs.dtype}")
+    return xs

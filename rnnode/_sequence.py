@@ -1,0 +1,92 @@
+"""`sequence_loss`: the weighted sequence loss of a model, differentiated by a
+chosen gradient method."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PyTree
+
+from ._losses import mse
+from ._model import Model, check_inputs
+from .gradients._base import AbstractGradient, Autodiff
+
+
+def sequence_loss(
+    model: Model,
+    xs: Float[ArrayLike, "time *batch input"],
+    ys: PyTree[ArrayLike],
+    *,
+    loss: Callable[[Array, Array], Float[Array, ""]] = mse,
+    weights: Float[ArrayLike, "time *batch"] | None = None,
+    gradient: AbstractGradient = Autodiff(),
+    h0: Float[ArrayLike, "*batch state"] | None = None,
+    t0: float = 0.0,
+) -> Float[Array, ""]:
+    """The loss `L = mean_batch Σ_t a_t l(output(h_t), y_t)`, differentiable by `gradient`.
+
+    **Arguments:**
+
+    - `model`: a `Model`.
+    - `xs`: inputs, time-major: `(time, input)` or `(time, batch, input)`.
+    - `ys`: targets with the same leading axes (a pytree of such arrays is allowed).
+    - `loss`: the per-step loss `l(output, target)`, e.g. `rnnode.mse` or
+      `rnnode.cross_entropy`.
+    - `weights`: the time weights `a_t`, shape `(time,)` or `(time, batch)`;
+      `None` means `1/T` (the time average). See `uniform_weights`,
+      `integral_weights`, `last_step_weights`, `mask_weights`.
+    - `gradient`: how `jax.grad` of this loss is computed: `Autodiff()` (default),
+      `BPTT(...)`, `RTRL(...)`.
+    - `h0`: initial state(s); default `model.init_state()`.
+    - `t0`: the time of the first sample.
+
+    **Returns:** a scalar.
+    """
+    xs = check_inputs(model, xs)
+    T = xs.shape[0]
+    batched = xs.ndim == 3
+    lead = xs.shape[:2] if batched else xs.shape[:1]
+    ys = jax.tree.map(jnp.asarray, ys)
+    for leaf in jax.tree.leaves(ys):
+        if leaf.shape[: len(lead)] != lead:
+            raise ValueError(
+                f"targets must share the inputs' leading (time[, batch]) axes "
+                f"{lead}, got shape {leaf.shape}"
+            )
+    if weights is None:
+        weights = jnp.full((T,), 1.0 / T, dtype=xs.dtype)
+    weights = jnp.asarray(weights, dtype=xs.dtype)
+    if weights.shape not in ((T,), lead):
+        raise ValueError(
+            f"`weights` must have shape ({T},) or {lead}, got {weights.shape}"
+        )
+    if not isinstance(gradient, AbstractGradient):
+        raise ValueError(
+            f"`gradient` must be a strategy such as `rnnode.BPTT()`, got {gradient!r}"
+        )
+
+    def step(params, h, inp):
+        return params.step(h, *inp)
+
+    def step_loss(params, h, y):
+        return loss(params.output(h), y)
+
+    def one(x, y, a, h):
+        if h is None:
+            h = model.init_state()
+        return gradient.loss(
+            step=step,
+            loss=step_loss,
+            params=model,
+            h0=jnp.asarray(h, dtype=x.dtype),
+            inputs=model.step_inputs(x, t0),
+            targets=y,
+            weights=a,
+        )
+
+    if not batched:
+        return one(xs, ys, weights, h0)
+    w_axis = 1 if weights.ndim == 2 else None
+    h_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
+    per_seq = jax.vmap(one, in_axes=(1, 1, w_axis, h_axis))(xs, ys, weights, h0)
+    return jnp.mean(per_seq)
