@@ -1,0 +1,23 @@
+"""Tasks: generated and packaged data sets with train/test splits, time-major.
+
+`make_task(name, options, seed=...)` returns a `Task` whose `train` and `test`
+`Split`s hold `xs (T, N, input_size)`, `ys (T, N, output_size)` (or integer labels
+`(T, N)`) and the time weights `a_t`; `list_tasks()` names the tasks and
+`TASK_OPTIONS[name]` is the pydantic model of each task's options. No network:
+the data are generated, or loaded from scikit-learn and statsmodels.
+"""
+
+from ._base import Split as Split
+from ._base import Task as Task
+from ._memory import AddingOptions as AddingOptions
+from ._memory import CopyOptions as CopyOptions
+from ._oscillator import OscillatorCTRNNOptions as OscillatorCTRNNOptions
+from ._oscillator import OscillatorFitOptions as OscillatorFitOptions
+from ._real import DigitsOptions as DigitsOptions
+from ._real import SunspotsOptions as SunspotsOptions
+from ._registry import TASK_OPTIONS as TASK_OPTIONS
+from ._registry import list_tasks as list_tasks
+from ._registry import make_task as make_task
+from ._synthetic import LinearExampleOptions as LinearExampleOptions
+from ._synthetic import SineOptions as SineOptions
+from ._synthetic import SteadyStateOptions as SteadyStateOptions
