@@ -118,10 +118,14 @@ class Diffrax(AbstractIntegrator):
 
     def step(self, field, t, y, x, x_next):
         interpolation = self.interpolation
-        t0 = t
+        dt = self.dt
 
+        # Everything the vector field depends on goes in through `args` (not a
+        # closure), so that every diffrax adjoint, `BacksolveAdjoint` included, can
+        # differentiate with respect to the parameters and inputs.
         def vf(s, y, args):
-            c = (s - t0) / self.dt
+            field, t0, x, x_next = args
+            c = (s - t0) / dt
             return field(s, y, _input_at(interpolation, c, x, x_next))
 
         dt0 = self.dt0
@@ -136,6 +140,7 @@ class Diffrax(AbstractIntegrator):
             t1=t + self.dt,
             dt0=dt0,
             y0=y,
+            args=(field, t, x, x_next),
             stepsize_controller=self.stepsize_controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,

@@ -86,6 +86,22 @@ def sequence_loss(
 
     if not batched:
         return one(xs, ys, weights, h0)
+    if hasattr(gradient, "batch_loss"):
+        # The strategy handles a whole batch itself (e.g. `BPTT`, whose custom VJP
+        # then contracts the parameter gradient over the batch).
+        B = xs.shape[1]
+        h = model.init_state() if h0 is None else h0
+        h = jnp.broadcast_to(jnp.asarray(h, dtype=xs.dtype), (B, model.state_size))
+        inputs = jax.vmap(lambda x: model.step_inputs(x, t0), in_axes=1, out_axes=1)(xs)
+        return gradient.batch_loss(
+            step=step,
+            loss=step_loss,
+            params=model,
+            h0=h,
+            inputs=inputs,
+            targets=ys,
+            weights=weights,
+        )
     w_axis = 1 if weights.ndim == 2 else None
     h_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
     per_seq = jax.vmap(one, in_axes=(1, 1, w_axis, h_axis))(xs, ys, weights, h0)

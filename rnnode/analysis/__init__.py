@@ -1,0 +1,28 @@
+"""Instruments for understanding recurrent networks as dynamical systems:
+Jacobian products and spectra, gradient norm against lag, Lyapunov exponents,
+fixed points and their linearisation, and `run_analysis` for saved runs."""
+
+from ._fixed_points import (
+    FixedPoints as FixedPoints,
+    find_fixed_points as find_fixed_points,
+    plot_fixed_points as plot_fixed_points,
+)
+from ._jacobians import (
+    JacobianSpectrum as JacobianSpectrum,
+    gradient_norm_vs_lag as gradient_norm_vs_lag,
+    jacobian_norm_vs_lag as jacobian_norm_vs_lag,
+    jacobian_product as jacobian_product,
+    jacobian_product_norm as jacobian_product_norm,
+    jacobian_products as jacobian_products,
+    jacobian_spectrum as jacobian_spectrum,
+    matrix_power_norms as matrix_power_norms,
+    plot_jacobian_spectrum as plot_jacobian_spectrum,
+    plot_norm_vs_lag as plot_norm_vs_lag,
+    step_jacobians as step_jacobians,
+)
+from ._lyapunov import (
+    LyapunovSpectrum as LyapunovSpectrum,
+    lyapunov_exponents as lyapunov_exponents,
+    plot_lyapunov as plot_lyapunov,
+)
+from ._run import ANALYSES as ANALYSES, run_analysis as run_analysis

@@ -1,0 +1,173 @@
+"""`run_analysis`: one named analysis of a model on one input sequence, written
+as `<what>.json` and `<what>.png`."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
+
+from .._losses import mse
+from .._model import Model, check_inputs
+from ._common import to_json
+from ._fixed_points import find_fixed_points, plot_fixed_points
+from ._jacobians import (
+    gradient_norm_vs_lag,
+    jacobian_norm_vs_lag,
+    jacobian_spectrum,
+    plot_jacobian_spectrum,
+    plot_norm_vs_lag,
+)
+from ._lyapunov import lyapunov_exponents, plot_lyapunov
+
+ANALYSES: tuple[str, ...] = (
+    "jacobian_spectrum",
+    "gradient_norm",
+    "lyapunov",
+    "fixed_points",
+)
+"""The names `run_analysis(..., what=...)` accepts."""
+
+_MAX_SINGULAR_VALUES = 8
+_MAX_LYAPUNOV = 32
+_MAX_FRAME = 64
+
+
+def run_analysis(
+    model: Model,
+    xs: Float[ArrayLike, "time *batch input"],
+    *,
+    what: str,
+    out_dir: str | Path,
+    ys: PyTree[ArrayLike] | None = None,
+    loss: Callable[[Array, Array], Float[Array, ""]] = mse,
+    key: PRNGKeyArray | None = None,
+) -> dict:
+    """Run the analysis `what` on the first sequence of `xs`; write
+    `out_dir/<what>.json` (the numbers) and `out_dir/<what>.png` (the picture).
+
+    - `"jacobian_spectrum"`: singular values of `∂h_t/∂h_0` against `t`, and the
+      eigenvalues of the full product (`jacobian_spectrum`).
+    - `"gradient_norm"`: `‖∂l_T/∂h_k‖` against `T - k` (`gradient_norm_vs_lag`)
+      when targets `ys` are given, else the target-free `‖∂h_T/∂h_k‖₂`
+      (`jacobian_norm_vs_lag`), which bounds it up to the factor `‖∂l_T/∂h_T‖`
+      (exact for states up to 64 numbers, a lower bound from 64 vectors beyond).
+    - `"lyapunov"`: the top `min(n, 32)` Lyapunov exponents of the driven
+      dynamics, the first 10% of steps as transient (`lyapunov_exponents`).
+    - `"fixed_points"`: fixed points under zero input, from 64 starts on the
+      trajectory plus noise, on a PCA of it (`find_fixed_points`).
+
+    **Arguments:**
+
+    - `model`: an `rnnode.Model`.
+    - `xs`: inputs, time-major `(T, input)` or `(T, batch, input)` (the first
+      sequence is used).
+    - `what`: one of `ANALYSES`.
+    - `out_dir`: the directory to write to (created if missing).
+    - `ys`: optional targets matching `xs` (used by `"gradient_norm"`).
+    - `loss`: the per-step loss for `ys`, e.g. `rnnode.mse`, `rnnode.cross_entropy`.
+    - `key`: randomness for the fixed-point starts (default `PRNGKey(0)`).
+
+    **Returns:** the dictionary written to the JSON file.
+    """
+    if what not in ANALYSES:
+        choices = ", ".join(f"`{a}`" for a in ANALYSES)
+        raise ValueError(f"unknown analysis `what={what!r}`; choose one of {choices}")
+    xs = check_inputs(model, xs)
+    if xs.ndim == 3:
+        xs = xs[:, 0]
+        if ys is not None:
+            ys = jax.tree.map(lambda a: jnp.asarray(a)[:, 0], ys)
+    key = jr.PRNGKey(0) if key is None else key
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result, fig = _RUNNERS[what](model, xs, ys, loss, key)
+    result = to_json(
+        {
+            "what": what,
+            "num_steps": int(xs.shape[0]),
+            "state_size": model.state_size,
+            "dt": float(model.dt),
+            **result,
+        }
+    )
+    (out_dir / f"{what}.json").write_text(json.dumps(result, indent=1) + "\n")
+    fig.savefig(out_dir / f"{what}.png", dpi=120)
+    return result
+
+
+def _jacobian_spectrum(model, xs, ys, loss, key):
+    del ys, loss, key
+    spec = jacobian_spectrum(model, xs, anchor="start")
+    sv = np.asarray(spec.singular_values)
+    return {
+        "description": "singular values of dh_t/dh_0 against t (top ones per lag), "
+        "and the full spectrum at t = T",
+        "lags": spec.lags,
+        "singular_values": sv[:, :_MAX_SINGULAR_VALUES],
+        "final_singular_values": sv[-1],
+        "final_eigenvalues": spec.eigenvalues[-1],
+    }, plot_jacobian_spectrum(spec)
+
+
+def _gradient_norm(model, xs, ys, loss, key):
+    del key
+    exact = True
+    if ys is None:
+        # A full frame (exact) for small states; a thin one (a lower bound) beyond.
+        p = None if model.state_size <= _MAX_FRAME else _MAX_FRAME
+        exact = p is None
+        lags, norms = jacobian_norm_vs_lag(model, xs, anchor="end", num_vectors=p)
+        quantity = "||dh_T/dh_(T-lag)||_2"
+    else:
+        lags, norms = gradient_norm_vs_lag(model, xs, ys, loss=loss)
+        quantity = "||dl_T/dh_(T-lag)||_2"
+    fig = plot_norm_vs_lag(
+        {quantity: (lags, norms)}, title="gradient norm against lag", ylabel="norm"
+    )
+    return {"quantity": quantity, "exact": exact, "lags": lags, "norms": norms}, fig
+
+
+def _lyapunov(model, xs, ys, loss, key):
+    del ys, loss
+    T = xs.shape[0]
+    k = min(model.state_size, _MAX_LYAPUNOV)
+    spec = lyapunov_exponents(model, xs, k=k, transient=T // 10, key=key)
+    return {
+        "exponents": spec.exponents,
+        "per_step": spec.per_step,
+        "transient": T // 10,
+        "counted_steps": spec.num_steps,
+    }, plot_lyapunov(spec)
+
+
+def _fixed_points(model, xs, ys, loss, key):
+    del ys, loss
+    hs, _ = model.rollout(xs)
+    x = jnp.zeros((model.input_size,), dtype=xs.dtype)
+    fps = find_fixed_points(model, x, num_starts=64, key=key, states=hs)
+    counts = {s: fps.stability.count(s) for s in sorted(set(fps.stability))}
+    return {
+        "input": fps.x,
+        "kind": fps.kind,
+        "num_starts": 64,
+        "num_converged": fps.num_converged,
+        "num_fixed_points": len(fps.stability),
+        "counts": counts,
+        "points": fps.points,
+        "speeds": fps.speeds,
+        "stability": list(fps.stability),
+        "eigenvalues": fps.eigenvalues,
+    }, plot_fixed_points(fps, hs, title="fixed points (zero input)")
+
+
+_RUNNERS = {
+    "jacobian_spectrum": _jacobian_spectrum,
+    "gradient_norm": _gradient_norm,
+    "lyapunov": _lyapunov,
+    "fixed_points": _fixed_points,
+}

@@ -1,0 +1,473 @@
+"""Real-time recurrent learning: the gradient of a sequence loss by forward
+sensitivities, in memory independent of the sequence length, and online."""
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PyTree
+
+from .._integrate import Diffrax, _input_at
+from .._losses import mse
+from .._model import Model
+from ._base import AbstractGradient, scan_loss
+from ._rtrl_structured import add_immediate, has_structure, structured_jacobians
+
+
+class RTRLState(eqx.Module):
+    """Where an online RTRL run stands after `t` steps.
+
+    - `h`: the current state `h_t`.
+    - `P`: the sensitivities `∂h_t/∂θ`, a pytree shaped like
+      `eqx.filter(model, eqx.is_inexact_array)` whose leaf for a parameter of
+      shape `s` has shape `(state_size, *s)`, e.g.
+      `P.dynamics.W[i, j, k] = ∂h_i/∂W_jk`. Leaves are `None` for parameters the
+      step does not depend on (the readout, a fixed initial state).
+    - `t`: the time of the next input.
+    """
+
+    h: Float[Array, " state"]
+    P: PyTree[Float[Array, "state ..."]]
+    t: Float[Array, ""]
+
+
+class RTRL(AbstractGradient):
+    """Real-time recurrent learning (Williams & Zipser, 1989): forward sensitivities.
+
+    Along with the state it carries `P_t = ∂h_t/∂θ` for every parameter,
+
+        P_t = J_t P_{t-1} + ∂step_t/∂θ,        J_t = ∂h_t/∂h_{t-1},   P_0 = 0,
+
+    and accumulates the gradient `g = Σ_t a_t (∂l_t/∂h_t · P_t + ∂l_t/∂θ)` during the
+    forward `lax.scan`. Its custom VJP only scales `g` by the incoming cotangent, so
+    memory does not depend on the sequence length `T`; time is `O(T n² m)` for `n`
+    states and `m` parameters, dominated by the matrix product `J_t P_{t-1}`.
+
+    - **Structured path** (`ElmanRNN`, `LSTM`, `GRU`, `CTRNN` with `Euler`): `J_t` and
+      the immediate Jacobian `∂step/∂θ` come in closed form. A weight `W_jk` touches
+      only the units its row drives (`∂h_i/∂W_jk = φ'(z_i) δ_ij h_k` for Elman), so
+      the immediate term is scattered into `J P` and no one-hot tangent is pushed
+      through a dense product. The readout and a fixed initial state carry no
+      sensitivity at all.
+    - **Generic path** (any step): `J_t` and `∂step/∂θ` from `n` vector-Jacobian
+      products of the step (`jax.vmap(jax.vjp)` over the state basis), then one
+      dense `J P` product. `n` VJPs are cheaper than `m` JVPs since `m ≫ n`.
+    - **`Diffrax` integrator**: the sensitivity ODE `dP/dt = (∂F/∂r) P + ∂F/∂θ` is
+      integrated alongside `r` with the model's own solver, step-size controller and
+      `dt0` over each interval, not differentiated through the solver.
+
+    **Initial state.** If `h0` is differentiated (a model with
+    `learn_initial_state=True`, or an `h0` that depends on parameters), RTRL also
+    carries `S_t = ∂h_t/∂h_0` with `S_0 = I` (`n²` more numbers, `O(n³)` per step)
+    and returns `Σ_t a_t ∂l_t/∂h_t · S_t` as the cotangent of `h0`.
+
+    **Arguments:**
+
+    - `structured`: `"auto"` (default) uses the structured path where rnnode has one
+      and the generic path elsewhere; `True` requires it (`ValueError` otherwise);
+      `False` forces the generic path. It assumes the step is `Model.step`, which is
+      how `sequence_loss` and `RTRL.step` call it.
+
+    Only the parameters and the initial state are differentiated: gradients with
+    respect to inputs, targets or weights need a reverse pass (use `Autodiff()` or
+    `BPTT()`). Higher-order derivatives are not available (a custom VJP).
+    """
+
+    structured: bool | Literal["auto"] = eqx.field(static=True, default="auto")
+
+    def __check_init__(self):
+        if not (self.structured is True or self.structured is False) and (
+            self.structured != "auto"
+        ):
+            raise ValueError(
+                f"`RTRL(structured={self.structured!r})`: choose `True`, `False` "
+                "or `'auto'`"
+            )
+
+    def loss(self, *, step, loss, params, h0, inputs, targets, weights):
+        return _rtrl_loss(
+            (params, h0, inputs, targets, weights), step, loss, self.structured
+        )
+
+    def init(
+        self,
+        model: Model,
+        h0: Float[ArrayLike, " state"] | None = None,
+        *,
+        t0: float = 0.0,
+    ) -> RTRLState:
+        """Start an online run: the state `h0` (default `model.init_state()`) and
+        zero sensitivities (the identity for a learnt initial state when `h0` is
+        not given).
+
+        **Returns:** an `RTRLState` for `RTRL.step`.
+        """
+        _check_model(model, "init")
+        method = _method(self.structured, model)
+        n = model.state_size
+        if h0 is None:
+            h = model.init_state()
+        else:
+            h = jnp.asarray(h0)
+            if h.shape != (n,):
+                raise ValueError(
+                    f"`RTRL.init(h0=...)` must have shape ({n},), got {h.shape}"
+                )
+        learnt_h0 = model.learn_initial_state and h0 is None
+        flat, treedef = jax.tree_util.tree_flatten_with_path(model)
+        blocks = []
+        for path, leaf in flat:
+            if not eqx.is_inexact_array(leaf):
+                blocks.append(None)
+            elif _is_initial_state(path):
+                blocks.append(jnp.eye(n, dtype=leaf.dtype) if learnt_h0 else None)
+            elif _in_dynamics(path) or (method == "generic" and _in_integrator(path)):
+                blocks.append(jnp.zeros((n, *leaf.shape), dtype=leaf.dtype))
+            else:
+                blocks.append(None)
+        P = jax.tree_util.tree_unflatten(treedef, blocks)
+        return RTRLState(h=h, P=P, t=jnp.asarray(t0, dtype=h.dtype))
+
+    def step(
+        self,
+        model: Model,
+        state: RTRLState,
+        x_t: Float[ArrayLike, " input"],
+        y_t: PyTree[ArrayLike],
+        *,
+        loss: Callable[[Array, Array], Float[Array, ""]] = mse,
+        weight: Float[ArrayLike, ""] = 1.0,
+        x_next: Float[ArrayLike, " input"] | None = None,
+        t: Float[ArrayLike, ""] | None = None,
+    ) -> tuple[RTRLState, Float[Array, ""], PyTree]:
+        """One step of real-time recurrent learning: consume `x_t`, compare
+        `model.output(h_t)` with `y_t`, and return this step's gradient, so that
+        weights can be updated at every step (e.g. with optax).
+
+        **Arguments:**
+
+        - `model`, `state`: the model and the running `RTRLState`.
+        - `x_t`, `y_t`: this step's input and target.
+        - `loss`: the per-step loss `l(output, target)`.
+        - `weight`: the time weight `a_t` of this step.
+        - `x_next`: the next input, used by integrators that interpolate the input
+          linearly; default `x_t`.
+        - `t`: the time of `x_t`; default `state.t`.
+
+        **Returns:** `(state, a_t l_t, grads)` with `grads = a_t dl_t/dθ` shaped like
+        `eqx.filter(model, eqx.is_inexact_array)`. With fixed weights, summing the
+        losses and grads over a sequence gives `sequence_loss` and its gradient.
+        """
+        _check_model(model, "step")
+        if not isinstance(state, RTRLState):
+            raise ValueError(
+                f"`RTRL.step` needs the `RTRLState` from `RTRL.init`, got {type(state)}"
+            )
+        method = _method(self.structured, model)
+        x_t = jnp.asarray(x_t)
+        if x_t.shape != (model.input_size,):
+            raise ValueError(
+                f"`RTRL.step`: `x_t` must have shape ({model.input_size},), got "
+                f"{x_t.shape}"
+            )
+        x_next = x_t if x_next is None else jnp.asarray(x_next)
+        t = state.t if t is None else jnp.asarray(t, dtype=state.t.dtype)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(model)
+        paths = [p for p, _ in flat]
+        leaves = [v for _, v in flat]
+        try:
+            all_blocks = treedef.flatten_up_to(state.P)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "`RTRL.step`: `state` was made for a different model; call "
+                "`RTRL.init(model)` again"
+            ) from None
+        tracked = [i for i, b in enumerate(all_blocks) if b is not None]
+        plan = _Plan(method, treedef, tuple(paths), tuple(tracked))
+        h, blocks = _advance(
+            plan,
+            _model_step,
+            model,
+            leaves,
+            state.h,
+            [all_blocks[i] for i in tracked],
+            (t, x_t, x_next),
+        )
+        direct = [i for i, v in enumerate(leaves) if eqx.is_inexact_array(v)]
+
+        def step_loss(sub, h):
+            return loss(_rebuild(treedef, leaves, direct, sub).output(h), y_t)
+
+        value, (dsub, dh) = jax.value_and_grad(step_loss, argnums=(0, 1))(
+            [leaves[i] for i in direct], h
+        )
+        grads = [None] * len(leaves)
+        for i, g in zip(direct, dsub, strict=True):
+            grads[i] = g
+        new_blocks = [None] * len(leaves)
+        for i, P in zip(tracked, blocks, strict=True):
+            grads[i] = grads[i] + jnp.tensordot(dh, P, axes=1)
+            new_blocks[i] = P
+        grads = [None if g is None else weight * g for g in grads]
+        new_state = RTRLState(
+            h=h,
+            P=jax.tree_util.tree_unflatten(treedef, new_blocks),
+            t=t + model.dt,
+        )
+        return new_state, weight * value, jax.tree_util.tree_unflatten(treedef, grads)
+
+
+# --------------------------------------------------------------------------------------
+# The sequence loss and its custom VJP
+
+
+@eqx.filter_custom_vjp
+def _rtrl_loss(vjp_arg, step, loss, structured):
+    params, h0, inputs, targets, weights = vjp_arg
+    return scan_loss(step, loss, params, h0, inputs, targets, weights)
+
+
+@_rtrl_loss.def_fwd
+def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
+    params, h0, inputs, targets, weights = vjp_arg
+    p_params, p_h0, *p_data = perturbed
+    if any(jax.tree.leaves(p_data)):
+        raise ValueError(
+            "`RTRL` differentiates the parameters and the initial state only; for "
+            "gradients with respect to inputs, targets or weights use `Autodiff()` "
+            "or `BPTT()`"
+        )
+    method = _method(structured, params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [p for p, _ in flat]
+    leaves = [v for _, v in flat]
+    pert = treedef.flatten_up_to(p_params)
+    direct = [i for i, p in enumerate(pert) if p]
+    if method == "generic":
+        tracked = list(direct)
+    else:
+        tracked = [i for i in direct if _in_dynamics(paths[i])]
+        if method == "diffrax":
+            stray = [paths[i] for i in direct if _in_integrator(paths[i])]
+            if stray:
+                raise ValueError(
+                    "`RTRL` with a `Diffrax` integrator differentiates the dynamics' "
+                    "parameters, not the integrator's arrays "
+                    f"({jax.tree_util.keystr(stray[0])}); wrap them in "
+                    "`jax.lax.stop_gradient` or make them Python floats"
+                )
+    n = h0.shape[0]
+    blocks = [jnp.zeros((n, *leaves[i].shape), leaves[i].dtype) for i in tracked]
+    if p_h0:
+        tracked.append(None)
+        blocks.append(jnp.eye(n, dtype=h0.dtype))
+    plan = _Plan(method, treedef, tuple(paths), tuple(tracked))
+
+    def body(carry, xs):
+        h, blocks, g_sens, g_direct, total = carry
+        inp, y, a = xs
+        h, blocks = _advance(plan, step, params, leaves, h, blocks, inp)
+
+        def step_loss(sub, h):
+            return loss(_rebuild(treedef, leaves, direct, sub), h, y)
+
+        value, (dsub, dh) = jax.value_and_grad(step_loss, argnums=(0, 1))(
+            [leaves[i] for i in direct], h
+        )
+        g_direct = [g + a * d for g, d in zip(g_direct, dsub, strict=True)]
+        g_sens = [
+            g + a * jnp.tensordot(dh, P, axes=1)
+            for g, P in zip(g_sens, blocks, strict=True)
+        ]
+        return (h, blocks, g_sens, g_direct, total + a * value), None
+
+    g_sens = [jnp.zeros(P.shape[1:], P.dtype) for P in blocks]
+    g_direct = [jnp.zeros_like(leaves[i]) for i in direct]
+    total = jnp.zeros((), jnp.result_type(weights))
+    carry = (h0, blocks, g_sens, g_direct, total)
+    # Unrolling by two lets each step's `J P` product write straight into the
+    # buffer the step before it read, instead of copying `P` once per step.
+    (_, _, g_sens, g_direct, total), _ = jax.lax.scan(
+        body, carry, (inputs, targets, weights), unroll=2
+    )
+    grads = [None] * len(leaves)
+    for i, g in zip(direct, g_direct, strict=True):
+        grads[i] = g
+    g_h0 = None
+    for i, g in zip(tracked, g_sens, strict=True):
+        if i is None:
+            g_h0 = g
+        else:
+            grads[i] = grads[i] + g
+    return total, (jax.tree_util.tree_unflatten(treedef, grads), g_h0)
+
+
+@_rtrl_loss.def_bwd
+def _rtrl_loss_bwd(residuals, grad_obj, perturbed, vjp_arg, step, loss, structured):
+    del perturbed, step, loss, structured
+    grads, g_h0 = residuals
+    _, _, inputs, targets, weights = vjp_arg
+    no_grad = jax.tree.map(lambda _: None, (inputs, targets, weights))
+    if grad_obj is None:
+        grads, g_h0 = jax.tree.map(lambda _: None, (grads, g_h0))
+    else:
+        grads, g_h0 = jax.tree.map(lambda g: grad_obj * g, (grads, g_h0))
+    return (grads, g_h0, *no_grad)
+
+
+# --------------------------------------------------------------------------------------
+# One step of the state and its sensitivities
+
+
+class _Plan(NamedTuple):
+    """Static bookkeeping: which leaves of the parameters carry sensitivities."""
+
+    method: str  # "structured" | "generic" | "diffrax"
+    treedef: jax.tree_util.PyTreeDef
+    paths: tuple
+    tracked: tuple  # leaf indices; None stands for the initial state
+
+
+def _advance(plan, step, params, leaves, h, blocks, inp):
+    """`h_t` and the sensitivity blocks `P_t = J_t P_{t-1} + ∂step_t/∂θ`."""
+    if plan.method == "diffrax":
+        return _diffrax_advance(plan, params, leaves, h, blocks, inp)
+    if plan.method == "structured":
+        h_new = step(params, h, inp)
+        J, imm = structured_jacobians(params, h, *inp)
+        return h_new, [
+            add_immediate(_immediate_of(plan, i, imm), jnp.tensordot(J, P, axes=1))
+            for i, P in zip(plan.tracked, blocks, strict=True)
+        ]
+    # Generic: J and ∂step/∂θ row by row from n VJPs of the step.
+    idx = [i for i in plan.tracked if i is not None]
+
+    def f(h, sub):
+        return step(_rebuild(plan.treedef, leaves, idx, sub), h, inp)
+
+    h_new, vjp = jax.vjp(f, h, [leaves[i] for i in idx])
+    J, B = jax.vmap(vjp)(jnp.eye(h_new.shape[0], dtype=h_new.dtype))
+    B = dict(zip(idx, B, strict=True))
+    return h_new, [
+        jnp.tensordot(J, P, axes=1) + (0 if i is None else B[i])
+        for i, P in zip(plan.tracked, blocks, strict=True)
+    ]
+
+
+def _diffrax_advance(plan, model, leaves, h, blocks, inp):
+    """Integrate `(r, P)` over one interval with the model's diffrax solver:
+    `dr/dt = F(t, r, x(t))`, `dP/dt = (∂F/∂r) P + ∂F/∂θ`."""
+    integ = model.integrator
+    t, x, x_next = inp
+    idx = [i for i in plan.tracked if i is not None and _in_dynamics(plan.paths[i])]
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+
+    def vf(s, y, args):
+        del args
+        r, P = y
+        x_s = _input_at(integ.interpolation, (s - t) / integ.dt, x, x_next)
+
+        def field(r, sub):
+            return _rebuild(plan.treedef, leaves, idx, sub).dynamics(s, r, x_s)
+
+        dr, vjp = jax.vjp(field, r, [leaves[i] for i in idx])
+        J, B = jax.vmap(vjp)(eye)
+        B = dict(zip(idx, B, strict=True))
+        dP = [
+            jnp.tensordot(J, Pb, axes=1) + B.get(i, 0)
+            for i, Pb in zip(plan.tracked, P, strict=True)
+        ]
+        return dr, dP
+
+    dt0 = integ.dt0
+    if dt0 is None and isinstance(integ.stepsize_controller, diffrax.ConstantStepSize):
+        dt0 = integ.dt
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vf),
+        integ.solver,
+        t0=t,
+        t1=t + integ.dt,
+        dt0=dt0,
+        y0=(h, list(blocks)),
+        stepsize_controller=integ.stepsize_controller,
+        adjoint=diffrax.ForwardMode(),
+        max_steps=integ.max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+    )
+    r, P = jax.tree.map(lambda a: a[-1], sol.ys)
+    return r, P
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+
+
+def _method(structured, params) -> str:
+    if isinstance(params, Model) and isinstance(params.integrator, Diffrax):
+        if structured is True:
+            raise ValueError(
+                "`RTRL(structured=True)` has no structured form for a `Diffrax` "
+                "integrator (it integrates the sensitivity ODE); use "
+                "`RTRL(structured='auto')`"
+            )
+        return "diffrax"
+    if structured is False:
+        return "generic"
+    if has_structure(params):
+        return "structured"
+    if structured is True:
+        what = (
+            f"`{type(params.dynamics).__name__}` with "
+            f"`{type(params.integrator).__name__}`"
+            if isinstance(params, Model)
+            else f"parameters of type `{type(params).__name__}`"
+        )
+        raise ValueError(
+            f"`RTRL(structured=True)`: no structured Jacobian for {what}; it exists "
+            "for `ElmanRNN`, `LSTM`, `GRU` and `CTRNN` with `Euler`. Use "
+            "`RTRL(structured='auto')` for the generic path"
+        )
+    return "generic"
+
+
+def _immediate_of(plan, i, imm):
+    if i is None or not _in_dynamics(plan.paths[i]):
+        return None
+    return imm[plan.paths[i][1].name]
+
+
+def _rebuild(treedef, leaves, idx, sub):
+    leaves = list(leaves)
+    for i, v in zip(idx, sub, strict=True):
+        leaves[i] = v
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _model_step(model, h, inp):
+    return model.step(h, *inp)
+
+
+def _field(path, k=0):
+    return getattr(path[k], "name", None) if len(path) > k else None
+
+
+def _in_dynamics(path) -> bool:
+    return _field(path) == "dynamics"
+
+
+def _in_integrator(path) -> bool:
+    return _field(path) == "integrator"
+
+
+def _is_initial_state(path) -> bool:
+    return len(path) == 1 and _field(path) == "initial_state"
+
+
+def _check_model(model, what: str) -> None:
+    if not isinstance(model, Model):
+        raise ValueError(
+            f"`RTRL.{what}` needs an `rnnode.Model`, got {type(model).__name__}"
+        )

@@ -1,0 +1,29 @@
+"""Training: configs, the training loop, runs and checkpoints.
+
+```python
+from rnnode.train import load_config, train, evaluate, load_run
+
+cfg = load_config("configs/sine.yaml", ["optim.lr=3e-3"])
+summary = train(cfg)                      # writes cfg.out_dir/…
+model, cfg, task = load_run(summary["run_dir"])
+```
+"""
+
+from ._checkpoint import (
+    CheckpointError as CheckpointError,
+    CheckpointWarning as CheckpointWarning,
+)
+from ._config import (
+    Config as Config,
+    ConfigError as ConfigError,
+    builtin_configs as builtin_configs,
+    load_config as load_config,
+    validate_config as validate_config,
+)
+from ._loop import (
+    TrainingDiverged as TrainingDiverged,
+    build_model as build_model,
+    evaluate as evaluate,
+    load_run as load_run,
+    train as train,
+)

@@ -1,0 +1,168 @@
+"""PNG plots of a run (matplotlib, Agg backend): loss curves, predictions against
+targets on a few test sequences, and phase portraits for the oscillator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(path: Path, steps, losses, metrics: list[dict], *, title: str = ""):
+    """Per-step training loss (and its running mean) with the evaluated test loss."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    steps = np.asarray(steps)
+    losses = np.asarray(losses, dtype=float)
+    positive = bool(len(losses)) and np.all(losses[np.isfinite(losses)] > 0)
+    if len(steps):
+        ax.plot(steps, losses, lw=0.6, alpha=0.35, color="C0", label="train (per step)")
+        w = max(1, len(losses) // 50)
+        if w > 1:
+            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1 :], smooth, color="C0", label=f"train (mean of {w})")
+    ev = [(r["step"], r.get("test_loss")) for r in metrics]
+    ev = [(s, v) for s, v in ev if isinstance(v, (int, float))]
+    if ev:
+        s, v = zip(*ev, strict=True)
+        ax.plot(s, v, "o-", color="C3", label="test")
+        positive = positive and all(x > 0 for x in v)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_predictions(
+    path: Path,
+    outputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    classification: bool,
+    dt: float = 1.0,
+    weights: np.ndarray | None = None,
+    equilibrium: bool = False,
+    num: int = 3,
+    title: str = "",
+):
+    """Model outputs against targets on the first `num` test sequences."""
+    plt = _plt()
+    outputs = np.asarray(outputs)
+    targets = np.asarray(targets)
+    if equilibrium:
+        o, y = outputs[0], targets[0]
+        k = o.shape[-1]
+        fig, axes = plt.subplots(1, k, figsize=(4.0 * k, 4.0), squeeze=False)
+        for j in range(k):
+            ax = axes[0, j]
+            ax.scatter(y[:, j], o[:, j], s=8, alpha=0.6)
+            lo = float(min(y[:, j].min(), o[:, j].min()))
+            hi = float(max(y[:, j].max(), o[:, j].max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_xlabel(f"target {j}")
+            ax.set_ylabel(f"equilibrium output {j}")
+        fig.suptitle(title or "equilibrium outputs vs targets (test)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
+    T, N = outputs.shape[:2]
+    num = min(num, N)
+    fig, axes = plt.subplots(num, 1, figsize=(7.0, 2.4 * num), squeeze=False)
+    t = np.arange(1, T + 1) * dt
+    for i in range(num):
+        ax = axes[i, 0]
+        if classification:
+            logits = outputs[:, i]
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            label = int(np.asarray(targets[-1, i]))
+            final = p[-1]
+            ax.bar(np.arange(len(final)), final, color="C0")
+            ax.bar([label], [final[label]], color="C2", label=f"true class {label}")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("p(class), last step")
+            ax.legend(loc="upper right")
+        else:
+            mask = None
+            if weights is not None:
+                w = np.asarray(weights)
+                w = w[:, i] if w.ndim == 2 else w
+                mask = w > 0
+            for j in range(outputs.shape[-1]):
+                ax.plot(
+                    t,
+                    targets[:, i, j],
+                    color=f"C{j}",
+                    lw=1.2,
+                    alpha=0.5,
+                    label=f"target {j}" if i == 0 else None,
+                )
+                if mask is not None and not mask.all():
+                    ax.plot(t[mask], targets[mask, i, j], "o", color=f"C{j}", ms=3)
+                ax.plot(
+                    t,
+                    outputs[:, i, j],
+                    "--",
+                    color=f"C{j}",
+                    lw=1.2,
+                    label=f"model {j}" if i == 0 else None,
+                )
+            ax.set_ylabel(f"sequence {i}")
+            if i == 0:
+                ax.legend(loc="upper right", fontsize="small", ncol=2)
+    axes[-1, 0].set_xlabel("class" if classification else "time")
+    fig.suptitle(title or "test predictions vs targets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_phase(path: Path, model_xv, target_xv=None, *, num: int = 3, title: str = ""):
+    """Phase portraits (position x against velocity v): model against target."""
+    plt = _plt()
+    model_xv = np.asarray(model_xv)
+    num = min(num, model_xv.shape[1])
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    for i in range(num):
+        if target_xv is not None:
+            tv = np.asarray(target_xv)
+            ax.plot(
+                tv[:, i, 0],
+                tv[:, i, 1],
+                color=f"C{i}",
+                lw=2.0,
+                alpha=0.35,
+                label="target" if i == 0 else None,
+            )
+        ax.plot(
+            model_xv[:, i, 0],
+            model_xv[:, i, 1],
+            "--",
+            color=f"C{i}",
+            lw=1.2,
+            label="model" if i == 0 else None,
+        )
+    ax.set_xlabel("position x")
+    ax.set_ylabel("velocity v")
+    ax.set_title(title or "phase portrait (test)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""The config schema: validation messages, overrides, built-in configs."""
+
+import filecmp
+import math
+from pathlib import Path
+
+import pytest
+
+from rnnode.cli import main
+from rnnode.train import Config, ConfigError, builtin_configs, load_config
+from rnnode.train._config import (
+    apply_overrides,
+    config_to_yaml,
+    dump_config,
+    parse_yaml,
+    validate_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_builtin_configs_are_the_repository_configs():
+    builtins = builtin_configs()
+    assert "quickstart" in builtins
+    user = {p.stem: p for p in (ROOT / "configs").glob("*.yaml")}
+    assert set(user) == set(builtins), "configs/ and rnnode/configs/ must match"
+    for name, path in builtins.items():
+        assert filecmp.cmp(path, user[name], shallow=False), (
+            f"configs/{name}.yaml differs from rnnode/configs/{name}.yaml"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(builtin_configs()))
+def test_builtin_configs_validate_and_round_trip(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, Config)
+    assert cfg.description
+    again = validate_config(parse_yaml(config_to_yaml(cfg)))
+    assert dump_config(again) == dump_config(cfg)
+
+
+def test_overrides_are_yaml_scalars():
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=1e-3",
+            "model.hidden_size=128",
+            "train.online=false",
+            "optim.schedule=cosine",
+            "optim.schedule.end_factor=0.1",
+            "task.options.frequency_range=[1.0, 2.0]",
+            "out_dir=somewhere/else",
+        ],
+    )
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.hidden_size == 128
+    assert cfg.optim.schedule.name == "cosine"
+    assert cfg.optim.schedule.end_factor == 0.1
+    assert tuple(cfg.task.options["frequency_range"]) == (1.0, 2.0)
+    assert cfg.out_dir == "somewhere/else"
+
+
+def test_yaml_reads_exponents_and_nan_as_floats():
+    raw = parse_yaml("a: 1e-3\nb: 2E5\nc: nan\nd: -inf\ne: 3\nf: 1.5")
+    assert raw["a"] == 1e-3 and raw["b"] == 2e5 and raw["e"] == 3
+    assert math.isnan(raw["c"]) and raw["d"] == -math.inf
+
+
+def test_apply_overrides_creates_nested_keys():
+    raw = apply_overrides({"task": {"name": "sine"}}, ["model.integrator.dt=0.05"])
+    assert raw["model"] == {"integrator": {"dt": 0.05}}
+
+
+def test_defaults_fill_in_and_out_dir_from_the_config_name():
+    cfg = validate_config({"task": {"name": "sine"}}, name="mine")
+    assert cfg.model.dynamics == "ctrnn"
+    assert cfg.model.integrator is not None and cfg.model.integrator.name == "euler"
+    assert cfg.gradient.name == "autodiff" and cfg.optim.name == "adam"
+    assert cfg.out_dir == str(Path("runs") / "mine")
+    cell = validate_config({"task": {"name": "adding"}, "model": {"dynamics": "lstm"}})
+    assert cell.model.integrator is None
+
+
+def test_gradient_and_optimiser_options_sit_beside_their_names():
+    cfg = validate_config(
+        {
+            "task": {"name": "sine"},
+            "gradient": {"name": "bptt", "truncate": 10},
+            "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4},
+        }
+    )
+    assert cfg.gradient.options == {"truncate": 10}
+    assert cfg.optim.options == {"weight_decay": 1e-4}
+
+
+# Each bad config: its overrides of the quickstart and the exact error line.
+BAD = [
+    (
+        ["model.hiden_size=3"],
+        "model.hiden_size: unknown key (did you mean hidden_size?)",
+    ),
+    (["model.hidden_size=abc"], "model.hidden_size: must be an integer, got 'abc'"),
+    (["model.hidden_size=-4"], "model.hidden_size: must be > 0, got -4"),
+    (["model.integrator.dt=-0.1"], "model.integrator.dt: must be > 0, got -0.1"),
+    (["model.integrator.dt=0"], "model.integrator.dt: must be > 0, got 0"),
+    (["optim.lr=nan"], "optim.lr: must be a finite number, got nan"),
+    (["optim.lr=.inf"], "optim.lr: must be a finite number, got inf"),
+    (["train.steps=0"], "train.steps: must be > 0, got 0"),
+    (["train.online=maybe"], "train.online: must be true or false, got 'maybe'"),
+    (
+        ["model.integrator.name=midpoint"],
+        "model.integrator.name: must be one of 'euler', 'heun', 'rk4' or 'diffrax', "
+        "got 'midpoint'",
+    ),
+    (
+        ["model.dynamics=lstm"],
+        "model.integrator: lstm is a discrete-time cell and is stepped directly",
+    ),
+    (
+        ["gradient.name=implicit"],
+        "gradient.name: implicit gradients need a task with an equilibrium; sine is "
+        "a sequence task",
+    ),
+    (
+        ["train.online=true"],
+        "train.online: online training updates the weights at every time step and "
+        "needs gradient.name: rtrl, got autodiff",
+    ),
+    (
+        ["gradient.name=rtrl", "model.integrator.name=diffrax"],
+        "gradient.name: rtrl needs a fixed-step integrator",
+    ),
+    (["task.options.num_stepz=3"], "task.options.num_stepz: unknown key"),
+    (["task.options.num_steps=2.5"], "task.options.num_steps: must be an integer"),
+    (["task.name=sinus"], "task.name: unknown task 'sinus' (did you mean sine?)"),
+    (["optim.name=adamx"], "optim.name: unknown optax optimiser 'adamx'"),
+    (["optim.betas=1"], "optim.betas: unknown option for optax.adam"),
+    (["model.options.gainn=2"], "model.options.gainn: unknown option for ctrnn"),
+    (
+        ["model.integrator.solver=dopri5"],
+        "model.integrator.solver: only used by the diffrax integrator, not euler",
+    ),
+    (
+        ["model.readout=none"],
+        "model.readout: none outputs the 32 observed state values, but task sine "
+        "has 1 output",
+    ),
+    (["devices=0"], "devices: must be 'all' or a positive integer, got 0"),
+    (["just-a-word=", "oops"], "argument 'oops': expected KEY=VALUE"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_config_one_line_exit_2_nothing_written(
+    overrides, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rnnode: error: " + message), err
+    assert list(tmp_path.iterdir()) == [], "nothing may be written"
+
+
+def test_unknown_top_level_key_and_bad_yaml(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: {name: sine}\nmodle: {}\n")
+    assert main(["train", str(cfg)]) == 2
+    assert "modle: unknown key (did you mean model?)" in capsys.readouterr().err
+    cfg.write_text("task: {name: sine\n")
+    assert main(["train", str(cfg)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["train", "no_such_config"]) == 2
+    assert "no built-in config" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_config_error_lists_every_problem():
+    with pytest.raises(ConfigError) as info:
+        validate_config(
+            {"task": {"name": "sine"}, "optim": {"lr": -1.0}, "train": {"steps": 0}}
+        )
+    assert info.value.errors == [
+        "optim.lr: must be > 0, got -1",
+        "train.steps: must be > 0, got 0",
+    ]
+
+
+def test_config_command_prints_resolved_yaml(capsys):
+    assert main(["config", "sine", "optim.lr=0.002"]) == 0
+    out = capsys.readouterr().out
+    raw = parse_yaml(out)
+    assert raw["optim"]["lr"] == 0.002 and raw["task"]["name"] == "sine"

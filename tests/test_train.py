@@ -1,0 +1,340 @@
+"""The training loop end to end: files, falling loss, compile-once, bit-identical
+resume, corrupt checkpoints, NaN handling, and a short run of every task config."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import rnnode
+from rnnode.cli import main
+from rnnode.train import (
+    CheckpointWarning,
+    _checkpoint as ckpt,
+    builtin_configs,
+    load_config,
+    load_run,
+    train,
+)
+from rnnode.train._loop import _TRACES, _fresh_dir
+
+# A few-second version of the quickstart (30 steps, checkpoints at 15 and 30).
+TINY = [
+    "task.options.num_steps=20",
+    "task.options.num_train=8",
+    "task.options.num_test=4",
+    "model.hidden_size=8",
+    "train.batch_size=4",
+    "train.steps=30",
+    "train.steps_per_call=4",
+    "train.eval_every=10",
+    "train.checkpoint_every=15",
+    "optim.lr=0.02",
+    "optim.schedule=cosine",
+]
+
+
+def _losses(run_dir):
+    rows = (Path(run_dir) / "train_loss.csv").read_text().splitlines()[1:]
+    return np.array([float(r.split(",")[1]) for r in rows])
+
+
+def _params(run_dir):
+    model, _, _ = load_run(run_dir)
+    return jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+
+
+def _metrics(run_dir):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    for r in records:
+        r.pop("time_s")
+    return records
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """`rnnode train` (the quickstart, made tiny) run in a fresh directory:
+    `(run_dir, stdout, stderr, exit code, how often the chunk was traced)`."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    out, err = io.StringIO(), io.StringIO()
+    traces = _TRACES["chunk"]
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["train", *TINY])
+    finally:
+        os.chdir(old)
+    run = cwd / "runs" / "quickstart"
+    return run, out.getvalue(), err.getvalue(), rc, _TRACES["chunk"] - traces
+
+
+def test_quickstart_end_to_end(quickstart):
+    run, out, err, rc, traces = quickstart
+    assert rc == 0, err
+    assert traces == 1, "the training chunk must compile once"
+    assert f"Results in {Path('runs') / 'quickstart'}/" in out
+    assert "step/s" in err and "loss=" in err  # the progress bar
+    for name in [
+        "config.yaml",
+        "metrics.jsonl",
+        "train_loss.csv",
+        "summary.json",
+        "plots/loss.png",
+        "plots/predictions.png",
+    ]:
+        assert (run / name).is_file(), name
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [30, 15]
+    losses = _losses(run)
+    assert len(losses) == 30 and np.all(np.isfinite(losses))
+    assert losses[-5:].mean() < losses[:5].mean(), "the loss must fall"
+    records = _metrics(run)
+    assert [r["step"] for r in records] == [10, 20, 30]
+    assert records[-1]["test_loss"] < records[0]["test_loss"]
+    assert {"mse", "baseline_mse"} <= set(records[-1]["test"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 30
+    # the saved config is the resolved one, and validates again
+    saved = load_config(run / "config.yaml")
+    assert saved.model.integrator.dt == 0.1 and saved.train.steps == 30
+    assert saved.out_dir == str(Path("runs") / "quickstart")
+
+
+def test_run_dirs_are_not_overwritten(tmp_path):
+    base = tmp_path / "run"
+    assert _fresh_dir(base) == base
+    base.mkdir()
+    assert _fresh_dir(base) == base  # empty: reused
+    (base / "x").write_text("")
+    assert _fresh_dir(base) == tmp_path / "run-2"
+
+
+def test_killed_run_resumes_bit_identically(quickstart, tmp_path, monkeypatch):
+    reference = quickstart[0]
+    out = tmp_path / "run"
+    cfg = load_config(None, [*TINY, f"out_dir={out}"])
+    real_save = ckpt.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = real_save(run_dir, step, *args, **kwargs)
+        if step == 15:
+            raise KeyboardInterrupt  # killed right after the first checkpoint
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [15]
+    assert main(["resume", str(out), "-q"]) == 0
+    for a, b in zip(_params(out), _params(reference), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(_losses(out), _losses(reference))
+    assert _metrics(out) == _metrics(reference)
+
+
+def test_eval_falls_back_from_a_corrupt_checkpoint(quickstart, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(quickstart[0], run)
+    (step30, last), (step15, _) = ckpt.list_checkpoints(run)
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) - 100])  # truncated, as by a crash
+    with pytest.warns(CheckpointWarning, match="truncated.*using the previous one"):
+        assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "step 15" in out and "mse" in out and "baseline_mse" in out
+    assert json.loads((run / "eval.json").read_text())["step"] == 15
+
+
+def test_checkpoint_files_detect_damage(tmp_path):
+    state = {"a": np.arange(5.0), "b": np.ones((2, 3), np.float32)}
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, {k: v * step for k, v in state.items()})
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 2]  # keep 2
+    path = ckpt.checkpoint_path(tmp_path, 3)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="checksum"):
+        ckpt.read_header(path)
+    with pytest.warns(CheckpointWarning, match="corrupt.*step-00000002"):
+        header, loaded = ckpt.load_latest(tmp_path, state)
+    assert header["step"] == 2
+    np.testing.assert_array_equal(loaded["a"], state["a"] * 2)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="not an rnnode checkpoint"):
+        ckpt.read_header(path)
+    assert not list(tmp_path.glob("checkpoints/.*tmp*")), "no temporary files left"
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    # the learning rate grows 1e30-fold per step: step 1 is fine, then it blows up
+    rc = main(
+        [
+            "train",
+            *TINY,
+            "optim.name=sgd",
+            "optim.lr=1e-3",
+            "optim.schedule.name=exponential",
+            "optim.schedule.decay_rate=1e30",
+            "optim.schedule.decay_steps=1",
+            "train.checkpoint_every=1",
+            "train.eval_every=100",
+            "-q",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "Traceback" not in err
+    assert "rnnode: error: training stopped at step" in err
+    assert "the last good checkpoint is" in err
+    run = tmp_path / "runs" / "quickstart"
+    found = ckpt.list_checkpoints(run)
+    assert found, "the checkpoints before the failure are kept"
+    header, _ = ckpt.read_header(found[0][1])
+    assert header["step"] >= 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+
+def test_analyse_command_writes_into_the_run(quickstart, capsys):
+    analysis = pytest.importorskip("rnnode.analysis")
+    if not hasattr(analysis, "run_analysis"):
+        pytest.skip("rnnode.analysis.run_analysis is not available yet")
+    run = quickstart[0]
+    what = "jacobian_spectrum"
+    assert main(["analyse", str(run), "--what", what, "--sequences", "1"]) == 0
+    assert f"Results in {run / 'analysis'}/" in capsys.readouterr().out
+    assert (run / "analysis" / f"{what}.json").is_file()
+    assert (run / "analysis" / f"{what}.png").is_file()
+    assert main(["analyse", str(run), "--what", "nonsense"]) == 2
+    assert "unknown analysis 'nonsense'" in capsys.readouterr().err
+
+
+# Tiny versions of each task config: (overrides, whether the loss must fall).
+COMMON = [
+    "train.steps=6",
+    "train.eval_every=3",
+    "train.checkpoint_every=6",
+    "train.steps_per_call=3",
+]
+SMALL = {
+    "oscillator_fit": [
+        "task.options.num_steps=20",
+        "task.options.num_train=4",
+        "task.options.num_test=2",
+        "train.batch_size=4",
+    ],
+    "oscillator_online": [
+        "task.options.num_steps=4",
+        "task.options.num_train=2",
+        "task.options.num_test=2",
+        "train.batch_size=2",
+    ],
+    "oscillator_ctrnn": [
+        "task.options.num_steps=20",
+        "task.options.num_train=4",
+        "task.options.num_test=2",
+        "train.batch_size=4",
+        "model.hidden_size=8",
+    ],
+    "linear_example": [
+        "task.options.num_steps=10",
+        "task.options.num_train=4",
+        "task.options.num_test=2",
+        "train.batch_size=4",
+    ],
+    "sine": [
+        "task.options.num_steps=20",
+        "task.options.num_train=4",
+        "task.options.num_test=2",
+        "train.batch_size=4",
+        "model.hidden_size=8",
+    ],
+    "adding": [
+        "task.options.num_steps=10",
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "copy": [
+        "task.options.length=2",
+        "task.options.delay=2",
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "digits": [
+        "task.options.num_train=32",
+        "task.options.num_test=16",
+        "train.batch_size=32",
+        "model.hidden_size=8",
+    ],
+    "sunspots": [
+        "task.options.num_steps=10",
+        "task.options.warmup=2",
+        "task.options.stride=4",
+        "train.batch_size=64",
+        "model.hidden_size=8",
+    ],
+    "steady_state": [
+        "task.options.num_train=16",
+        "task.options.num_test=8",
+        "train.batch_size=16",
+        "model.hidden_size=8",
+    ],
+}
+NEEDS = {"bptt": "BPTT", "rtrl": "RTRL", "implicit": "Implicit"}
+
+
+def test_every_task_config_has_a_short_version():
+    names = set(builtin_configs()) - {"quickstart"}
+    assert names <= set(SMALL)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_task_config_short_run(name, tmp_path):
+    if name not in builtin_configs():
+        pytest.skip(f"no config {name}")
+    out = tmp_path / name
+    cfg = load_config(name, [*COMMON, *SMALL[name], f"out_dir={out}"])
+    needed = NEEDS.get(cfg.gradient.name)
+    if needed and not hasattr(rnnode, needed):
+        pytest.skip(f"rnnode.{needed} is not available yet")
+    summary = train(cfg, progress=False)
+    assert summary["status"] == "finished" and summary["steps"] == 6
+    if cfg.train.online:  # 6 updates over streams of 4 steps: a restart included
+        assert _TRACES["online"] >= 1
+    for f in [
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "train_loss.csv",
+        "plots/loss.png",
+        "plots/predictions.png",
+    ]:
+        assert (out / f).is_file(), f
+    if name.startswith("oscillator"):
+        assert (out / "plots" / "phase.png").is_file()
+    assert ckpt.list_checkpoints(out)[0][0] == 6
+    losses = _losses(out)
+    assert np.all(np.isfinite(losses))
+    if cfg.train.online:  # per-time-step losses: compare the test losses instead
+        first, last = (r["test_loss"] for r in _metrics(out))
+        assert last < first, f"test loss did not fall: {first} -> {last}"
+    else:
+        assert losses[-1] < losses[0], f"loss did not fall: {losses}"
+    assert np.isfinite(summary["test_loss"]) and summary["test"]
