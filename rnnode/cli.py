@@ -17,7 +17,7 @@ EXIT_DIVERGED = 3
 _EPILOG = textwrap.dedent(
     """\
     examples:
-      rnnode train                              the built-in quickstart (~15 s on a laptop)
+      rnnode train                              the built-in quickstart (~20 s on 2 CPU cores)
       rnnode train configs/sine.yaml            a config file
       rnnode train sine optim.lr=3e-3 train.steps=500
                                                 a built-in config, with dotted overrides
@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
             "(see `rnnode list`); with none, the built-in quickstart. Results go to "
             "the config's out_dir (default runs/<config name>; -2, -3, … if taken): "
             "config.yaml, metrics.jsonl, train_loss.csv, summary.json, "
-            "checkpoints/, plots/."
+            "checkpoints/, plots/. Config keys: task, model, gradient, loss, optim, "
+            "train, out_dir, devices, distributed; `rnnode config NAME` prints a "
+            "config with every key and its value."
         ),
         epilog=(
             "examples:\n  rnnode train\n  rnnode train configs/adding.yaml\n"

@@ -127,8 +127,9 @@ BAD = [
         "needs gradient.name: rtrl, got autodiff",
     ),
     (
-        ["gradient.name=rtrl", "model.integrator.name=diffrax"],
-        "gradient.name: rtrl needs a fixed-step integrator",
+        ["task.name=steady_state", "gradient.name=bptt"],
+        "gradient.name: bptt differentiates a sequence; task steady_state is an "
+        "equilibrium task",
     ),
     (["task.options.num_stepz=3"], "task.options.num_stepz: unknown key"),
     (["task.options.num_steps=2.5"], "task.options.num_steps: must be an integer"),

@@ -13,7 +13,9 @@ constant inputs; the loss is `mean_batch mse(V r* + c, y)`. Compared:
   (K = the most steps the forward solve needed) — the leanest unrolled baseline;
 - `optimistix`: `optimistix.fixed_point(..., adjoint=ImplicitAdjoint())` with its
   default linear solver (`AutoLinearSolver(well_posed=None)` → LU, which
-  materialises the `n × n` Jacobian per example), vmapped over the batch.
+  materialises the `n × n` Jacobian per example), vmapped over the batch;
+- `optimistix-joint` (small n only): the same, but the whole batch as one
+  fixed-point problem on the `(N, n)` state, so the Jacobian is `(N n) × (N n)`.
 
 Reported per method: time of one jitted gradient (min over repeats, after
 compilation), compiled memory from `jax.jit(f).lower(...).compile()
@@ -101,7 +103,7 @@ def time_round_robin(fns, args, repeats):
     return {k: (min(walls[k]), float(np.median(walls[k])), min(cpus[k])) for k in fns}
 
 
-def build_methods(static, xs, ys, tol, max_steps, K, include_optx):
+def build_methods(static, xs, ys, tol, max_steps, K, include_optx, include_joint):
     solver = rnnode.FixedPointIteration(rtol=tol, atol=tol, max_steps=max_steps)
 
     def eq_loss(gradient):
@@ -143,6 +145,27 @@ def build_methods(static, xs, ys, tol, max_steps, K, include_optx):
         hs = jax.vmap(one)(xs)
         return jnp.mean(jax.vmap(lambda h, y: rnnode.mse(model.output(h), y))(hs, ys))
 
+    def optx_joint_loss(params):
+        # the whole batch as one fixed-point problem on an (N, n) state: the
+        # default adjoint then materialises an (N n) × (N n) Jacobian
+        model = eqx.combine(params, static)
+        G = rnnode.fixed_point_map(model.dynamics)
+
+        def fn(hs, args):
+            dyn, x = args
+            return jax.vmap(G, in_axes=(None, 0, 0))(dyn, x, hs)
+
+        sol = optx.fixed_point(
+            fn,
+            optx.FixedPointIteration(rtol=tol, atol=tol),
+            jnp.zeros((xs.shape[0], model.state_size), xs.dtype),
+            args=(model.dynamics, xs),
+            max_steps=max_steps,
+            adjoint=optx.ImplicitAdjoint(),
+        )
+        hs = sol.value
+        return jnp.mean(jax.vmap(lambda h, y: rnnode.mse(model.output(h), y))(hs, ys))
+
     gmres = lx.GMRES(rtol=tol, atol=tol, max_steps=max_steps)
     methods = {
         "implicit": eq_loss(rnnode.Implicit(tol=tol, max_steps=max_steps)),
@@ -154,6 +177,8 @@ def build_methods(static, xs, ys, tol, max_steps, K, include_optx):
     }
     if include_optx:
         methods["optimistix"] = optx_loss
+    if include_optx and include_joint:
+        methods["optimistix-joint"] = optx_joint_loss
     return methods
 
 
@@ -167,7 +192,10 @@ def run_size(n, args):
     K = int(jnp.max(info.num_steps))
     rho = float(jnp.max(rnnode.spectral_radius_estimate(model, xs[:4])))
     include_optx = optx is not None and not args.no_optimistix
-    methods = build_methods(static, xs, ys, args.tol, args.max_steps, K, include_optx)
+    include_joint = n <= args.optimistix_joint_max_n
+    methods = build_methods(
+        static, xs, ys, args.tol, args.max_steps, K, include_optx, include_joint
+    )
     fns, mem, compile_s = {}, {}, {}
     for name, loss in methods.items():
         fns[name] = jax.jit(jax.grad(loss))
@@ -243,6 +271,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-optimistix", action="store_true")
     p.add_argument(
+        "--optimistix-joint-max-n",
+        type=int,
+        default=64,
+        help="also run `optimistix-joint` (the batch as one (N, n) fixed point, "
+        "so an (N n)² Jacobian) for sizes n up to this; 0: never",
+    )
+    p.add_argument(
         "--out",
         default=None,
         help="markdown path (default results/implicit_<device>.md)",
@@ -289,7 +324,10 @@ def main(argv=None):
         "`total`: arguments + outputs + temporaries. "
         "`optimistix`: `optimistix.fixed_point` with `ImplicitAdjoint()` and its "
         "default linear solver (LU on the materialised Jacobian), vmapped over the "
-        "batch.\n"
+        "batch (an n × n Jacobian per example); `optimistix-joint`: the batch as one "
+        "(N, n) fixed point (an (N n) × (N n) Jacobian). CPU time: process CPU "
+        "seconds (all threads) per call, less sensitive than wall time to other "
+        "processes on a shared machine.\n"
     )
     print(f"wrote {out}")
 

@@ -24,13 +24,18 @@ online setting RTRL is for), the loss `mean_t mse(V r_t + c, y_t)`.
    Compiled memory per chunk and the process's resident memory after the first
    and after the last chunk.
 
-Writes `experiments/benchmarks/results/rtrl_<device>.md`.
+Writes `experiments/benchmarks/results/rtrl_<device>.md` (`..._<k>core.md` with
+`--cores k`). On a CPU, XLA runs RTRL's `(n, n) @ (n, m)` products on one core at
+these sizes, while `jax.jacfwd`'s large elementwise work spreads over all cores:
+`--cores 1` compares the two methods on the same budget.
 
     python experiments/benchmarks/bench_rtrl.py
+    python experiments/benchmarks/bench_rtrl.py --cores 1
     python experiments/benchmarks/bench_rtrl.py --sizes 32 64 --repeats 50
 """
 
 import argparse
+import os
 import platform
 import resource
 import time
@@ -91,11 +96,18 @@ def interleaved_times(fns, repeats, budget_s=60.0):
 
 
 def matmul_peak(repeats):
-    N = 2048 if jax.devices()[0].platform == "cpu" else 8192
-    a = jr.normal(jr.PRNGKey(0), (N, N), dtype=jnp.float32)
+    """The best float32 matmul rate over a few square sizes: `(median-based,
+    best-time-based)` GFLOP/s, each the maximum over sizes, and the sizes."""
+    cpu = jax.devices()[0].platform == "cpu"
+    sizes = (256, 512, 1024, 2048) if cpu else (4096, 8192)
     f = jax.jit(lambda a, b: a @ b)
-    (med, best) = interleaved_times({"mm": (f, (a, a))}, repeats)["mm"]
-    return 2 * N**3 / med / 1e9, 2 * N**3 / best / 1e9, N
+    med_rate, best_rate = 0.0, 0.0
+    for N in sizes:
+        a = jr.normal(jr.PRNGKey(0), (N, N), dtype=jnp.float32)
+        med, best = interleaved_times({"mm": (f, (a, a))}, repeats)["mm"]
+        med_rate = max(med_rate, 2 * N**3 / med / 1e9)
+        best_rate = max(best_rate, 2 * N**3 / best / 1e9)
+    return med_rate, best_rate, sizes
 
 
 def compiled_memory(f, *args):
@@ -142,7 +154,8 @@ def speed_rows(sizes, T, repeats, peak):
         r["speedup_min"] = t["jacfwd"][1] / t["rtrl"][1]
         r["gflops"] = flops / t["rtrl"][0] / 1e9
         r["gflops_min"] = flops / t["rtrl"][1] / 1e9
-        r["pct"] = 100 * r["gflops"] / peak
+        r["pct"] = 100 * r["gflops"] / peak[0]
+        r["pct_best"] = 100 * r["gflops_min"] / peak[1]
         r["gflops_bare"] = flops / t["bare"][0] / 1e9
         rows.append(r)
         ms = {k: 1e3 * v[0] for k, v in t.items()}
@@ -151,6 +164,7 @@ def speed_rows(sizes, T, repeats, peak):
             f"  jacfwd {ms['jacfwd']:8.2f} ms  speedup {r['speedup']:5.1f}x "
             f"(min/min {r['speedup_min']:.1f}x)  jax.grad {ms['grad']:6.2f} ms  "
             f"J P {r['gflops']:5.1f} GFLOP/s = {r['pct']:4.1f}% of peak "
+            f"(best: {r['gflops_min']:5.1f} = {r['pct_best']:4.1f}%) "
             f"(bare J P {r['gflops_bare']:5.1f})  rel diff {r['rel_diff']:.1e}",
             flush=True,
         )
@@ -158,22 +172,48 @@ def speed_rows(sizes, T, repeats, peak):
 
 
 def memory_rows(sizes, T_short, T_long):
+    """Compiled memory `(temp, args)` in bytes of three gradients per `(n, T)`:
+
+    - `own`: `RTRL().loss` itself (the `AbstractGradient` interface) with the
+      per-step inputs `(t, x, x_next)` precomputed and passed as arguments;
+    - `seq`: `jax.grad` of `sequence_loss(..., gradient=RTRL())`, which also
+      builds the per-step inputs (time stamps, next inputs) inside the program;
+    - `grad`: reverse mode (`Autodiff()`) through `sequence_loss`, for contrast.
+    """
     rows = []
     for n in sizes:
         out = dict(n=n)
-        for name, gradient in (("rtrl", rnnode.RTRL()), ("grad", rnnode.Autodiff())):
-            for T in (T_short, T_long):
-                model, xs, ys = make_problem(n, T)
-                params, static = eqx.partition(model, eqx.is_inexact_array)
+        for T in (T_short, T_long):
+            model, xs, ys = make_problem(n, T)
+            params, static = eqx.partition(model, eqx.is_inexact_array)
+
+            def own(params, inputs, ys, weights):
+                m = eqx.combine(params, static)
+                return rnnode.RTRL().loss(
+                    step=lambda p, h, inp: p.step(h, *inp),
+                    loss=lambda p, h, y: rnnode.mse(p.output(h), y),
+                    params=m,
+                    h0=m.init_state(),
+                    inputs=inputs,
+                    targets=ys,
+                    weights=weights,
+                )
+
+            weights = jnp.full((T,), 1.0 / T, dtype=xs.dtype)
+            out["own", T] = compiled_memory(
+                jax.grad(own), params, model.step_inputs(xs), ys, weights
+            )
+            for name, gradient in (("seq", rnnode.RTRL()), ("grad", rnnode.Autodiff())):
                 out[name, T] = compiled_memory(
                     jax.grad(loss_fn(static, gradient)), params, xs, ys
                 )
         rows.append(out)
-        a, b = out["rtrl", T_short][0], out["rtrl", T_long][0]
+        mb = lambda key: out[key][0] / 2**20
         print(
-            f"n={n:3d}  RTRL temp {a / 2**20:7.3f} MiB (T={T_short}) vs {b / 2**20:7.3f} MiB "
-            f"(T={T_long}), ratio {b / a:.3f};  reverse-mode temp "
-            f"{out['grad', T_short][0] / 2**20:7.3f} vs {out['grad', T_long][0] / 2**20:8.3f} MiB",
+            f"n={n:3d}  RTRL temp {mb(('own', T_short)):7.3f} MiB (T={T_short}) vs "
+            f"{mb(('own', T_long)):7.3f} MiB (T={T_long}); through sequence_loss "
+            f"{mb(('seq', T_short)):7.3f} vs {mb(('seq', T_long)):7.3f} MiB; "
+            f"reverse mode {mb(('grad', T_short)):7.3f} vs {mb(('grad', T_long)):8.3f} MiB",
             flush=True,
         )
     return rows
@@ -204,7 +244,9 @@ def stream_row(n, steps, chunk, lr):
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state, state), loss
 
-        carry, losses = jax.lax.scan(body, (params, opt_state, state), (xs, ys))
+        carry, losses = jax.lax.scan(
+            body, (params, opt_state, state), (xs, ys), unroll=2
+        )
         return carry, jnp.mean(losses)
 
     def chunk_data(i):  # the stream: predict sin(t + 0.5) from a noisy sin(t)
@@ -262,19 +304,30 @@ def main():
     p.add_argument("--chunk", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="pin this process to the first CORES cores (a same-budget comparison: "
+        "`jax.jacfwd` spreads over cores, RTRL's small products do not); the table "
+        "goes to rtrl_<device>_<CORES>core.md",
+    )
     args = p.parse_args()
+    if args.cores:  # before JAX starts its CPU client
+        os.sched_setaffinity(0, set(range(args.cores)))
 
     dev = jax.devices()[0]
     device = dev.platform
     kind = f"{dev.device_kind} ({platform.processor() or platform.machine()})"
     print(f"device: {device}, {kind}, jax {jax.__version__}", flush=True)
     peak, peak_best, N = matmul_peak(args.repeats)
+    N = "/".join(map(str, N))
     print(
-        f"matmul peak: {peak:.1f} GFLOP/s median, {peak_best:.1f} best "
-        f"(float32 {N}x{N} @ {N}x{N})",
+        f"matmul peak: {peak:.1f} GFLOP/s from median times, {peak_best:.1f} from "
+        f"best times (float32 square matmuls, N = {N})",
         flush=True,
     )
-    speed = speed_rows(args.sizes, args.T, args.repeats, peak)
+    speed = speed_rows(args.sizes, args.T, args.repeats, (peak, peak_best))
     memory = memory_rows(args.sizes, args.T, args.long_T)
     stream = stream_row(args.stream_n, args.stream_steps, args.chunk, args.lr)
 
@@ -282,16 +335,20 @@ def main():
     lines = [
         f"# RTRL benchmark ({device})",
         "",
-        f"Device: {device}, {kind}; jax {jax.__version__}; float32; CTRNN + Euler(0.1), "
-        f"1 input, linear readout, batch 1, T = {args.T}.",
-        f"Matrix-multiply peak: {peak:.1f} GFLOP/s (median; best {peak_best:.1f}) "
-        f"for a float32 {N}×{N} matmul.",
+        f"Device: {device}, {kind}, {len(os.sched_getaffinity(0))} core(s) usable; "
+        f"jax {jax.__version__}; float32; CTRNN + Euler(0.1), 1 input, linear "
+        f"readout, batch 1, T = {args.T}.",
+        f"Matrix-multiply peak: {peak:.1f} GFLOP/s from median times, "
+        f"{peak_best:.1f} from best times (the fastest of float32 N×N matmuls, "
+        f"N = {N}).",
         "",
         "Command: `python experiments/benchmarks/bench_rtrl.py --sizes "
         + " ".join(map(str, args.sizes))
         + f" --T {args.T} --long-T {args.long_T} --repeats {args.repeats} "
         f"--stream-n {args.stream_n} --stream-steps {args.stream_steps} "
-        f"--chunk {args.chunk}`",
+        f"--chunk {args.chunk}"
+        + (f" --cores {args.cores}" if args.cores else "")
+        + "`",
         "",
         "## Speed: RTRL vs `jax.jacfwd` of the loss",
         "",
@@ -309,29 +366,41 @@ def main():
             f"{t['jacfwd'][0]:.2f} ({t['jacfwd'][1]:.2f}) | "
             f"{r['speedup']:.1f}× ({r['speedup_min']:.1f}×) | "
             f"{t['grad'][0]:.2f} | {r['gflops']:.1f} ({r['gflops_min']:.1f}) | "
-            f"{r['pct']:.0f}% | {r['gflops_bare']:.1f} | {r['rel_diff']:.1e} |"
+            f"{r['pct']:.0f}% ({r['pct_best']:.0f}%) | {r['gflops_bare']:.1f} | "
+            f"{r['rel_diff']:.1e} |"
         )
     lines += [
         "",
-        "GFLOP/s counts `2 n² m` flops per step for `J P`, over RTRL's whole gradient time; "
-        "'bare J P' is a `lax.scan` of the products alone.",
+        "`m`: the dynamics' parameters (`W`, `U`, `b`), the ones carrying "
+        "sensitivities. GFLOP/s counts `2 n² m` flops per step for `J P`, over "
+        "RTRL's whole gradient time; 'bare J P' is a `lax.scan` of the products "
+        "alone; % of peak: median/median (best/best).",
         "",
         f"## Compiled memory: T = {args.T} vs T = {args.long_T}",
         "",
-        f"| n | RTRL temp, T={args.T} (MiB) | RTRL temp, T={args.long_T} (MiB) | ratio "
-        f"| RTRL args, T={args.T} / {args.long_T} (MiB) | jax.grad temp, T={args.T} / "
-        f"{args.long_T} (MiB) |",
-        "|---|---|---|---|---|---|",
+        "temp: working memory of the compiled gradient; args: its arguments "
+        "(parameters and the sequence, which grows with T).",
+        "",
+        f"| n | RTRL temp, T={args.T} (MiB) | RTRL temp, T={args.long_T} (MiB) "
+        f"| ratio | RTRL args, T={args.T} / {args.long_T} (MiB) "
+        "| via `sequence_loss`: temp (MiB) | reverse mode (`jax.grad`): temp (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in memory:
-        (a, aa), (b, ba) = r["rtrl", args.T], r["rtrl", args.long_T]
+        T0, T1 = args.T, args.long_T
+        (a, aa), (b, ba) = r["own", T0], r["own", T1]
         lines.append(
             f"| {r['n']} | {mib(a)} | {mib(b)} | {b / a:.3f} | {mib(aa)} / {mib(ba)} | "
-            f"{mib(r['grad', args.T][0])} / {mib(r['grad', args.long_T][0])} |"
+            f"{mib(r['seq', T0][0])} / {mib(r['seq', T1][0])} | "
+            f"{mib(r['grad', T0][0])} / {mib(r['grad', T1][0])} |"
         )
     lines += [
         "",
-        "'args' is the input sequence and parameters: the data itself grows with T.",
+        "RTRL: `jax.grad` of `RTRL().loss` (the strategy's interface) with the "
+        "per-step inputs `(t, x, x_next)` passed in; via `sequence_loss`: `jax.grad` "
+        "of `sequence_loss(..., gradient=RTRL())`, which builds those inputs itself "
+        "(for an integrator that reads `t` or `x_next`, e.g. `interpolation="
+        "'linear'`, they are `O(T)` arrays beside RTRL's constant state).",
         "",
         "## Online RTRL on an unbounded stream (issue 6)",
         "",
@@ -349,7 +418,8 @@ def main():
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"rtrl_{device}.md"
+    suffix = f"_{args.cores}core" if args.cores else ""
+    path = args.out / f"rtrl_{device}{suffix}.md"
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
 

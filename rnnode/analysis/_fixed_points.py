@@ -62,13 +62,13 @@ def find_fixed_points(
     num_starts: int = 64,
     key: PRNGKeyArray,
     method: str = "optimise",
-    tol: float = 1e-8,
+    tol: float | None = None,
     states: Float[ArrayLike, "... state"] | None = None,
     noise: float | None = None,
     steps: int | None = None,
     learning_rate: float = 1e-2,
     newton_steps: int = 20,
-    unique_tol: float = 1e-5,
+    unique_tol: float | None = None,
 ) -> FixedPoints:
     """Fixed points of the dynamics under the constant input `x`.
 
@@ -86,13 +86,16 @@ def find_fixed_points(
       decaying learning rate, then `newton_steps` Newton steps to polish;
       `"newton"`: `steps` (default 50) damped Newton steps (Levenberg-Marquardt
       with a backtracking search on `q`, so a step never increases `q`).
-    - `tol`: the largest `‖F(r)‖` accepted as a fixed point.
+    - `tol`: the largest `‖F(r)‖` accepted as a fixed point; default
+      `max(1e-8, 100 ε)` with `ε` the machine epsilon of the model's dtype
+      (`1e-8` in float64, about `1e-5` in float32).
     - `states`: visited states `(..., n)` (e.g. `model.rollout(xs)[0]`); starts
       are drawn from them plus Gaussian `noise` (default 10% of their standard
       deviation). Without `states` the starts are `noise · N(0, I)` (default
       `noise = 1`).
     - `learning_rate`: Adam's initial learning rate (decays 100-fold).
-    - `unique_tol`: candidates closer than this (Euclidean) are one fixed point.
+    - `unique_tol`: candidates closer than this (Euclidean) are one fixed point;
+      default `max(1e-5, 100 tol)`.
 
     **Returns:** a `FixedPoints`. If no start converges, a warning names the
     smallest speed reached and what to try.
@@ -109,6 +112,10 @@ def find_fixed_points(
         raise ValueError(f"`x` must have shape ({model.input_size},), got {x.shape}")
     dtype = jnp.result_type(model.init_state())
     x = x.astype(dtype)
+    if tol is None:
+        tol = max(1e-8, 100 * float(jnp.finfo(dtype).eps))
+    if unique_tol is None:
+        unique_tol = max(1e-5, 100 * tol)
     skey, nkey = jr.split(key)
     if states is None:
         base = jnp.zeros((num_starts, n), dtype=dtype)

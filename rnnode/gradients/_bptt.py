@@ -14,13 +14,11 @@ and the gradients are
     dL/dh_0 = J_1ᵀ λ_1.
 
 `BPTT` implements exactly this as a custom VJP: the forward pass is a `lax.scan`
-storing the states, the backward pass a reverse `lax.scan` of vector-Jacobian
-products `J_{t+1}ᵀ λ_{t+1}` (`jax.vjp` of one step; `J` is never formed). The
-parameter part `Σ_t (∂step_t/∂θ)ᵀ λ_t` does not depend on later adjoints, so it is
-not accumulated step by step inside the reverse scan; once the `λ_t` of a stretch
-of steps are known it is computed as one vector-Jacobian product of the step
-mapped over those steps, which XLA turns into a few large matrix products (a
-contraction over time and batch) instead of `T` small ones.
+storing the states (or, with checkpoints, only some of them); the backward pass a
+reverse `lax.scan` that takes, at each step, one `jax.vjp` of the step with
+respect to the state and the parameters together (`J` is never formed): its state
+part is `J_tᵀ λ_t`, carried to the previous step, and its parameter part
+`(∂step_t/∂θ)ᵀ λ_t` is accumulated in the carry.
 """
 
 import equinox as eqx
@@ -114,11 +112,11 @@ class BPTT(AbstractGradient):
         `jax.vmap` of `loss`) for batched inputs.
 
         The batch is treated as one recurrent system whose state is the stack of
-        the sequences' states, so that the custom VJP sees the whole batch: its
-        parameter gradient then contracts over batch and time together in a few
-        large matrix products (under `jax.vmap` of a custom VJP every sequence
-        would carry its own copy of the parameter gradient). The result equals
-        `jnp.mean(jax.vmap(loss)(...))`, gradients included.
+        the sequences' states, so that the custom VJP sees the whole batch: each
+        step's VJP contracts the parameter gradient over the batch, and a single
+        parameter gradient is accumulated (under `jax.vmap` of a custom VJP every
+        sequence would carry its own copy of it through the reverse scan). The
+        result equals `jnp.mean(jax.vmap(loss)(...))`, gradients included.
         """
         B = h0.shape[0]
 
@@ -157,6 +155,13 @@ class BPTT(AbstractGradient):
 # The computation. `theta = (params, step_fn, loss_fn)`: the step and loss functions
 # are closure-converted so that any arrays they close over become explicit leaves
 # (differentiable like the parameters, and safe to carry across the custom VJP).
+#
+# Checkpoints. With `k` checkpoints the sequence is cut into segments of
+# `L = ⌈T/k⌉` steps. When `L` does not divide `T`, the sequence is padded at the
+# front with `p` masked steps that leave the state at `h_0`
+# (`h = where(valid, step(h), h)`, zero weight), so that every segment has the
+# same length and one loop body is compiled. Step `s = 1 … T` of the sequence is
+# padded step `s + p`.
 
 
 def _first(tree):
@@ -179,46 +184,8 @@ def _loss(theta, h, y):
     return loss_fn(params, h, y)
 
 
-def _num_steps(weights) -> int:
-    return weights.shape[0]
-
-
-def _rollout(theta, h0, inputs, targets, weights, *, store_states: bool):
-    """Forward scan: final state, the states `h_1 … h_T` (if stored) and the
-    per-step weighted losses `a_t l_t`."""
-
-    def body(h, xs):
-        inp, y, a = xs
-        h = _step(theta, h, inp)
-        return h, (h if store_states else None, a * _loss(theta, h, y))
-
-    h_last, (hs, ls) = jax.lax.scan(body, h0, (inputs, targets, weights))
-    return h_last, hs, ls
-
-
-def _adjoints(theta, h_start, hs, inputs, g, c_end, s0, truncate):
-    """Reverse scan over one stretch of steps `s0+1 … s0+L`.
-
-    `hs`: the states `h_{s0+1} … h_{s0+L}`; `g`: the direct terms `a_t ∂l_t/∂h_t`
-    (already scaled by the output cotangent); `c_end`: `J_{s0+L+1}ᵀ λ_{s0+L+1}`, the
-    cotangent reaching `h_{s0+L}` from later steps. Returns `(J_{s0+1}ᵀ λ_{s0+1},
-    λ_{s0+1 … s0+L}, states before each step)`.
-    """
-    L = hs.shape[0]
-    hs_prev = jnp.concatenate([h_start[None], hs[:-1]], axis=0)
-    idx = s0 + jnp.arange(1, L + 1)
-
-    def body(c, xs):
-        g_t, h_prev, inp, t = xs
-        if truncate is not None:
-            c = jnp.where(t % truncate == 0, jnp.zeros_like(c), c)
-        lam = g_t + c
-        _, vjp = jax.vjp(lambda h: _step(theta, h, inp), h_prev)
-        (c,) = vjp(lam)
-        return c, lam
-
-    c_start, lams = jax.lax.scan(body, c_end, (g, hs_prev, inputs, idx), reverse=True)
-    return c_start, lams, hs_prev
+def _add(a, b):
+    return jtu.tree_map(lambda x, y: x + y, a, b)
 
 
 def _filter(tree, flags):
@@ -229,182 +196,162 @@ def _any(flags) -> bool:
     return any(jtu.tree_leaves(flags))
 
 
-_BLOCK = 64
-"""The backward pass works through the stored states in blocks of this many steps,
-so that its temporaries (states before each step, direct loss terms, adjoints)
-stay small and in cache; the parameter gradient is accumulated once per block."""
+def _or_nones(ct, tree):
+    return jtu.tree_map(lambda _: None, tree) if ct is None else ct
 
 
-def _block_backward(
-    theta, perturbed, h_before, hs, inputs, targets, weights, c_end, gbar, s0, truncate
+def _plan(T: int, checkpoints: int | None) -> tuple[int, int]:
+    """`(p, L)`: front padding and segment length, `L | p + T` (`p = 0`, `L = T`
+    without checkpoints)."""
+    if checkpoints is None:
+        return 0, T
+    L = -(-T // checkpoints)
+    return L * -(-T // L) - T, L
+
+
+def _pad(inputs, targets, weights, p):
+    """Prepend `p` masked steps (copies of the first inputs and targets, weight 0);
+    returns the padded data and the mask (`None` when `p = 0`)."""
+    if p == 0:
+        return inputs, targets, weights, None
+
+    def front(x):
+        return jnp.concatenate([jnp.repeat(x[:1], p, axis=0), x], axis=0)
+
+    inputs, targets = jtu.tree_map(front, (inputs, targets))
+    weights = jnp.concatenate([jnp.zeros((p,) + weights.shape[1:], weights.dtype), weights])
+    valid = jnp.arange(weights.shape[0]) >= p
+    return inputs, targets, weights, valid
+
+
+def _masked_step(theta, h, inp, v):
+    h_next = _step(theta, h, inp)
+    return h_next if v is None else jnp.where(v, h_next, h)
+
+
+def _rollout(
+    theta, h0, inputs, targets, weights, valid, *, store_states: bool, losses=True
 ):
-    """The backward pass over the steps `s0+1 … s0+len(hs)`, whose states `hs` (and
-    the state `h_before` before them) are known.
+    """Forward scan: final state, the states after each step (if `store_states`)
+    and the per-step weighted losses `a_t l_t` (if `losses`)."""
 
-    Returns `(c_start, (ct_theta, ct_inputs, ct_targets, ct_weights))` with `None`
-    for whatever is not perturbed."""
+    def body(h, xs):
+        inp, y, a, v = xs
+        h = _masked_step(theta, h, inp, v)
+        l_t = a * _loss(theta, h, y) if losses else None
+        return h, (h if store_states else None, l_t)
+
+    h_last, (hs, ls) = jax.lax.scan(body, h0, (inputs, targets, weights, valid))
+    return h_last, hs, ls
+
+
+def _adjoints(theta, h0, hs, inputs, g, truncate):
+    """The adjoints `λ_1 … λ_T` alone, by a reverse scan: `hs` the states after each
+    step, `g` the direct terms `a_t ∂l_t/∂h_t`."""
+    hs_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    s = jnp.arange(1, hs.shape[0] + 1)
+
+    def body(c, xs):
+        g_t, h_prev, inp, s_t = xs
+        if truncate is not None:  # no gradient into h_t from step t+1 if k | t
+            c = jnp.where(s_t % truncate == 0, jnp.zeros_like(c), c)
+        lam = g_t + c
+        _, vjp = jax.vjp(lambda h: _step(theta, h, inp), h_prev)
+        (c,) = vjp(lam)
+        return c, lam
+
+    _, lams = jax.lax.scan(body, jnp.zeros_like(h0), (g, hs_prev, inputs, s), reverse=True)
+    return lams
+
+
+def _stretch_backward(theta, perturbed, h_start, hs, data, c_end, gbar, u0, p, truncate):
+    """The backward pass over the (padded) steps `u0+1 … u0+len(hs)`: a reverse
+    scan over the stored states `hs` (and `h_start` before them), `data =
+    (inputs, targets, weights, valid)` for these steps, starting from the
+    cotangent `c_end` that reaches the last state from later steps.
+
+    At each step one VJP of the weighted loss term and one VJP of the step, each
+    with respect to the state and the parameters at once (`jax.vjp` once per
+    step); the parameter gradient accumulates in the carry.
+
+    Returns `(J_{u0+1}ᵀ λ_{u0+1}, (ct_theta, ct_inputs, ct_targets, ct_weights))`
+    with per-step cotangents stacked, `None` where not perturbed."""
+    inputs, targets, weights, valid = data
     p_theta, _, p_inputs, p_targets, p_weights = perturbed
     th_d, th_rest = eqx.partition(theta, p_theta)
-    y_d, y_rest = eqx.partition(targets, p_targets)
-    x_d, x_rest = eqx.partition(inputs, p_inputs)
-    diff_weights = _any(p_weights)
+    diff_w = _any(p_weights)
+    n = hs.shape[0]
 
-    # Direct loss terms, all steps of the block at once: g_t = ḡ a_t ∂l_t/∂h_t, plus
-    # the loss's own gradients wrt θ, targets and weights.
-    def block_loss(th_d, hs, y_d, w):
-        th = eqx.combine(th_d, th_rest)
-        ys = eqx.combine(y_d, y_rest)
-        w = weights if w is None else w
-        ls = jax.vmap(lambda h, y, a: a * _loss(th, h, y))(hs, ys, w)
-        return jnp.sum(ls)
-
-    w_d = weights if diff_weights else None
-    _, loss_vjp = jax.vjp(block_loss, th_d, hs, y_d, w_d)
-    ct_th_loss, g, ct_targets, ct_weights = loss_vjp(gbar)
-
-    c_start, lams, hs_prev = _adjoints(
-        theta, h_before, hs, inputs, g, c_end, s0, truncate
-    )
-
-    # Step terms Σ_t (∂step_t/∂θ)ᵀ λ_t (and the input cotangents), all steps at once.
-    if _any(p_theta) or _any(p_inputs):
-
-        def block_steps(th_d, x_d):
-            th = eqx.combine(th_d, th_rest)
-            xs = eqx.combine(x_d, x_rest)
-            return jax.vmap(lambda h, inp: _step(th, h, inp))(hs_prev, xs)
-
-        _, step_vjp = jax.vjp(block_steps, th_d, x_d)
-        ct_th_step, ct_inputs = step_vjp(lams)
-        ct_theta = _add(ct_th_loss, ct_th_step)
-    else:
-        ct_theta, ct_inputs = ct_th_loss, x_d
-    return c_start, (ct_theta, ct_inputs, ct_targets, ct_weights)
-
-
-def _add(a, b):
-    return jtu.tree_map(lambda x, y: x + y, a, b)
-
-
-def _slice(tree, start, size):
-    if isinstance(start, int):
-        return jtu.tree_map(lambda x: x[start : start + size], tree)
-    return jtu.tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), tree)
-
-
-def _stretch_backward(
-    theta, perturbed, h_start, hs, inputs, targets, weights, c_end, gbar, s0, truncate
-):
-    """The backward pass over the steps `s0+1 … s0+L` starting from the state
-    `h_start`: the whole sequence, or one checkpoint segment. `hs`: the stored states
-    `h_{s0+1} … h_{s0+L}`, or `None` to recompute them from `h_start`.
-
-    The stretch is processed in blocks of `_BLOCK` steps (a first, shorter block
-    takes the remainder), last block first. Returns as `_block_backward`."""
-    if hs is None:
-        _, hs, _ = _rollout(theta, h_start, inputs, targets, weights, store_states=True)
-    L = hs.shape[0]
-    C = min(_BLOCK, L)
-    nb, rem = divmod(L, C)
-    data = (inputs, targets, weights)
-
-    def state_before(start):
-        prev = jax.lax.dynamic_index_in_dim(
-            hs, jnp.maximum(start - 1, 0), keepdims=False
-        )
-        return jnp.where(start == 0, h_start, prev)
-
-    def block(carry, j):
+    def body(carry, xs):
         c, acc = carry
-        start = rem + j * C
-        x, y, w = _slice(data, start, C)
-        c, (ct_th, ct_x, ct_y, ct_w) = _block_backward(
-            theta, perturbed, state_before(start), _slice(hs, start, C),
-            x, y, w, c, gbar, s0 + start, truncate,
-        )  # fmt: skip
-        acc = ct_th if acc is None else _add(acc, ct_th)
-        return (c, acc), (ct_x, ct_y, ct_w)
+        i, inp, y, a, v = xs
+        h = hs[i]
+        h_prev = jnp.where(i == 0, h_start, hs[jnp.maximum(i - 1, 0)])
+        s_t = u0 - p + i + 1
+        y_d, y_rest = eqx.partition(y, p_targets)
+        x_d, x_rest = eqx.partition(inp, p_inputs)
 
-    if nb == 1:
-        (c, ct_theta), (ct_x, ct_y, ct_w) = block((c_end, None), 0)
-        ct_x, ct_y, ct_w = jtu.tree_map(lambda z: z[None], (ct_x, ct_y, ct_w))
-    else:
-        acc0 = jtu.tree_map(jnp.zeros_like, _filter(theta, perturbed[0]))
-        (c, ct_theta), (ct_x, ct_y, ct_w) = jax.lax.scan(
-            block, (c_end, acc0), jnp.arange(nb), reverse=True
-        )
-    # (nb, C, ...) -> (nb C, ...)
-    ct_x, ct_y, ct_w = jtu.tree_map(
-        lambda z: z.reshape((nb * C,) + z.shape[2:]), (ct_x, ct_y, ct_w)
+        def step_loss(th_d, h, y_d, a_d):
+            th = eqx.combine(th_d, th_rest)
+            return (a if a_d is None else a_d) * _loss(th, h, eqx.combine(y_d, y_rest))
+
+        _, vjp = jax.vjp(step_loss, th_d, h, y_d, a if diff_w else None)
+        ct_th_l, g, ct_y, ct_a = vjp(gbar)
+        if truncate is not None:
+            c = jnp.where((s_t > 0) & (s_t % truncate == 0), jnp.zeros_like(c), c)
+        lam = g + c
+        if v is not None:
+            lam_step = jnp.where(v, lam, jnp.zeros_like(lam))
+        else:
+            lam_step = lam
+
+        def step(th_d, h, x_d):
+            return _step(eqx.combine(th_d, th_rest), h, eqx.combine(x_d, x_rest))
+
+        _, vjp = jax.vjp(step, th_d, h_prev, x_d)
+        ct_th_s, c_new, ct_x = vjp(lam_step)
+        if v is not None:
+            c_new = jnp.where(v, c_new, lam)
+        return (c_new, _add(acc, _add(ct_th_l, ct_th_s))), (ct_x, ct_y, ct_a)
+
+    acc0 = jtu.tree_map(jnp.zeros_like, _filter(theta, p_theta))
+    (c, ct_theta), ct_data = jax.lax.scan(
+        body, (c_end, acc0), (jnp.arange(n), inputs, targets, weights, valid), reverse=True
     )
-    if rem:
-        x, y, w = _slice(data, 0, rem)
-        c, (th_r, x_r, y_r, w_r) = _block_backward(
-            theta, perturbed, h_start, hs[:rem], x, y, w, c, gbar, s0, truncate
-        )
-        ct_theta = _add(ct_theta, th_r)
-        ct_x, ct_y, ct_w = jtu.tree_map(
-            lambda r, z: jnp.concatenate([r, z], axis=0),
-            (x_r, y_r, w_r),
-            (ct_x, ct_y, ct_w),
-        )
-    return c, (ct_theta, ct_x, ct_y, ct_w)
+    return c, (ct_theta, *ct_data)
 
 
-def _segments(T: int, checkpoints: int) -> tuple[int, int, int]:
-    """`(L, q, r)`: `q` full segments of `L = ⌈T/k⌉` steps and a tail of `r < L`."""
-    L = -(-T // checkpoints)
-    q = T // L
-    return L, q, T - q * L
+def _segment_starts(theta, h0, data, q, L):
+    """Forward pass over `q` segments of `L` steps storing only each segment's
+    first state: `(loss, starts)`."""
 
+    def segment(h, seg):
+        x, y, w, v = seg
+        h_end, _, ls = _rollout(theta, h, x, y, w, v, store_states=False)
+        return h_end, (h, jnp.sum(ls))
 
-def _split_time(tree, q, L):
-    """The first `q L` steps as `(q, L, ...)`, and the remaining tail."""
-    head = jtu.tree_map(lambda x: x[: q * L].reshape((q, L) + x.shape[1:]), tree)
-    tail = jtu.tree_map(lambda x: x[q * L :], tree)
-    return head, tail
-
-
-def _join_time(head, tail, q, L):
-    """Inverse of `_split_time` (for cotangents; `None` stays `None`)."""
-    if head is None:
-        return None
-    head = jtu.tree_map(lambda h: h.reshape((q * L,) + h.shape[2:]), head)
-    if tail is None:
-        return head
-    return jtu.tree_map(lambda h, t: jnp.concatenate([h, t], axis=0), head, tail)
+    split = jtu.tree_map(lambda z: z.reshape((q, L) + z.shape[1:]), data)
+    _, (starts, seg_losses) = jax.lax.scan(segment, h0, split)
+    return jnp.sum(seg_losses), starts
 
 
 @eqx.filter_custom_vjp
 def _bptt_loss(vjp_arg, truncate, checkpoints):
     theta, h0, inputs, targets, weights = vjp_arg
-    _, _, ls = _rollout(theta, h0, inputs, targets, weights, store_states=False)
+    _, _, ls = _rollout(theta, h0, inputs, targets, weights, None, store_states=False)
     return jnp.sum(ls)
 
 
 @_bptt_loss.def_fwd
 def _bptt_loss_fwd(perturbed, vjp_arg, truncate, checkpoints):
     theta, h0, inputs, targets, weights = vjp_arg
-    T = _num_steps(weights)
+    T = weights.shape[0]
+    p, L = _plan(T, checkpoints)
+    data = _pad(inputs, targets, weights, p)
     if checkpoints is None:
-        _, hs, ls = _rollout(theta, h0, inputs, targets, weights, store_states=True)
+        _, hs, ls = _rollout(theta, h0, *data, store_states=True)
         return jnp.sum(ls), hs
-    L, q, r = _segments(T, checkpoints)
-    (xs_h, ys_h, ws_h), (xs_t, ys_t, ws_t) = _split_time(
-        (inputs, targets, weights), q, L
-    )
-
-    def segment(h, seg):
-        x, y, w = seg
-        h_end, _, ls = _rollout(theta, h, x, y, w, store_states=False)
-        return h_end, (h, jnp.sum(ls))
-
-    h, (starts, seg_losses) = jax.lax.scan(segment, h0, (xs_h, ys_h, ws_h))
-    total = jnp.sum(seg_losses)
-    if r:
-        _, _, ls = _rollout(theta, h, xs_t, ys_t, ws_t, store_states=False)
-        total = total + jnp.sum(ls)
-    return total, (starts, h)
+    return _segment_starts(theta, h0, data, (T + p) // L, L)
 
 
 @_bptt_loss.def_bwd
@@ -412,61 +359,43 @@ def _bptt_loss_bwd(residuals, gbar, perturbed, vjp_arg, truncate, checkpoints):
     theta, h0, inputs, targets, weights = vjp_arg
     if gbar is None:
         return jtu.tree_map(lambda _: None, perturbed)
-    p_theta, p_h0, p_inputs, p_targets, p_weights = perturbed
-    T = _num_steps(weights)
+    T = weights.shape[0]
+    p, L = _plan(T, checkpoints)
+    data = _pad(inputs, targets, weights, p)
     c_end = jnp.zeros_like(h0)
     if checkpoints is None:
-        c0, (ct_theta, ct_x, ct_y, ct_w) = _stretch_backward(
-            theta, perturbed, h0, residuals, inputs, targets, weights,
-            c_end, gbar, 0, truncate,
-        )  # fmt: skip
-    else:
-        starts, h_tail = residuals
-        L, q, r = _segments(T, checkpoints)
-        (xs_h, ys_h, ws_h), (xs_t, ys_t, ws_t) = _split_time(
-            (inputs, targets, weights), q, L
+        c0, (ct_theta, *ct_data) = _stretch_backward(
+            theta, perturbed, h0, residuals, data, c_end, gbar, 0, p, truncate
         )
-        c = c_end
-        tail_cts = None
-        if r:
-            c, tail_cts = _stretch_backward(
-                theta, perturbed, h_tail, None, xs_t, ys_t, ws_t,
-                c, gbar, q * L, truncate,
-            )  # fmt: skip
+    else:
+        starts = residuals
+        q = (T + p) // L
+        split = jtu.tree_map(lambda z: z.reshape((q, L) + z.shape[1:]), data)
 
         def segment(carry, seg):
             c, acc = carry
-            j, h_start, x, y, w = seg
-            c, (ct_th, ct_x, ct_y, ct_w) = _stretch_backward(
-                theta, perturbed, h_start, None, x, y, w, c, gbar, j * L, truncate
+            j, h_start, seg_data = seg
+            _, hs, _ = _rollout(
+                theta, h_start, *seg_data, store_states=True, losses=False
             )
-            acc = jtu.tree_map(lambda a, b: a + b, acc, ct_th)
-            return (c, acc), (ct_x, ct_y, ct_w)
+            c, (ct_th, *ct_seg) = _stretch_backward(
+                theta, perturbed, h_start, hs, seg_data, c, gbar, j * L, p, truncate
+            )
+            return (c, _add(acc, ct_th)), ct_seg
 
-        acc0 = jtu.tree_map(jnp.zeros_like, _filter(theta, p_theta))
-        (c0, ct_theta), (ct_x, ct_y, ct_w) = jax.lax.scan(
-            segment, (c, acc0), (jnp.arange(q), starts, xs_h, ys_h, ws_h), reverse=True
+        acc0 = jtu.tree_map(jnp.zeros_like, _filter(theta, perturbed[0]))
+        (c0, ct_theta), ct_data = jax.lax.scan(
+            segment, (c_end, acc0), (jnp.arange(q), starts, split), reverse=True
         )
-        if tail_cts is not None:
-            ct_theta = jtu.tree_map(lambda a, b: a + b, ct_theta, tail_cts[0])
-            _, t_x, t_y, t_w = tail_cts
-        else:
-            t_x = t_y = t_w = None
-        ct_x = _join_time(ct_x, t_x, q, L)
-        ct_y = _join_time(ct_y, t_y, q, L)
-        ct_w = _join_time(ct_w, t_w, q, L)
-    ct_h0 = c0 if p_h0 else None
+        ct_data = jtu.tree_map(lambda z: z.reshape((q * L,) + z.shape[2:]), ct_data)
+    ct_x, ct_y, ct_w = jtu.tree_map(lambda z: z[p:], ct_data[:3])
     return (
         _or_nones(ct_theta, theta),
-        ct_h0,
+        c0 if perturbed[1] else None,
         _or_nones(ct_x, inputs),
         _or_nones(ct_y, targets),
         _or_nones(ct_w, weights),
     )
-
-
-def _or_nones(ct, tree):
-    return jtu.tree_map(lambda _: None, tree) if ct is None else ct
 
 
 # ---------------------------------------------------------------------------------
@@ -536,13 +465,13 @@ def adjoint_trajectory(
         h = jnp.asarray(h, dtype=x.dtype)
         theta = (model, step, step_loss)
         inputs = model.step_inputs(x, t0)
-        _, hs, _ = _rollout(theta, h, inputs, y, a, store_states=True)
+        _, hs, _ = _rollout(theta, h, inputs, y, a, None, store_states=True)
         weighted = lambda hs: jnp.sum(
             jax.vmap(lambda h, y_t, a_t: a_t * _loss(theta, h, y_t))(hs, y, a)
         )
         _, loss_vjp = jax.vjp(weighted, hs)
         (g,) = loss_vjp(jnp.ones((), dtype=hs.dtype))
-        _, lams, _ = _adjoints(theta, h, hs, inputs, g, jnp.zeros_like(h), 0, truncate)
+        lams = _adjoints(theta, h, hs, inputs, g, truncate)
         return lams
 
     if not batched:

@@ -62,7 +62,9 @@ class RTRL(AbstractGradient):
     **Initial state.** If `h0` is differentiated (a model with
     `learn_initial_state=True`, or an `h0` that depends on parameters), RTRL also
     carries `S_t = ∂h_t/∂h_0` with `S_0 = I` (`n²` more numbers, `O(n³)` per step)
-    and returns `Σ_t a_t ∂l_t/∂h_t · S_t` as the cotangent of `h0`.
+    and returns `Σ_t a_t ∂l_t/∂h_t · S_t` as the cotangent of `h0`. Online,
+    `RTRL.init` starts the sensitivity of a learnt `Model.initial_state` at the
+    identity, so its gradient comes out with the others.
 
     **Arguments:**
 
@@ -288,11 +290,27 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
     g_direct = [jnp.zeros_like(leaves[i]) for i in direct]
     total = jnp.zeros((), jnp.result_type(weights))
     carry = (h0, blocks, g_sens, g_direct, total)
-    # Unrolling by two lets each step's `J P` product write straight into the
-    # buffer the step before it read, instead of copying `P` once per step.
-    (_, _, g_sens, g_direct, total), _ = jax.lax.scan(
-        body, carry, (inputs, targets, weights), unroll=2
-    )
+    sequence = (inputs, targets, weights)
+    if sum(P.size for P in blocks) < _UNROLL_MIN_SIZE:
+        carry, _ = jax.lax.scan(body, carry, sequence)
+    else:
+        # Two steps per iteration: each step's `J P` product then writes straight
+        # into the buffer the other one read, instead of `P` being copied once a
+        # step. (Indexing the sequence, rather than `scan(..., unroll=2)`, which
+        # would copy it into pairs.)
+        def at(i):
+            return jax.tree.map(lambda x: x[i], sequence)
+
+        def pair(carry, _):
+            carry, i = carry
+            carry = body(carry, at(2 * i))[0]
+            return (body(carry, at(2 * i + 1))[0], i + 1), None
+
+        T = weights.shape[0]
+        (carry, _), _ = jax.lax.scan(pair, (carry, 0), None, length=T // 2)
+        if T % 2:
+            carry = body(carry, at(T - 1))[0]
+    _, _, g_sens, g_direct, total = carry
     grads = [None] * len(leaves)
     for i, g in zip(direct, g_direct, strict=True):
         grads[i] = g
@@ -320,6 +338,9 @@ def _rtrl_loss_bwd(residuals, grad_obj, perturbed, vjp_arg, step, loss, structur
 
 # --------------------------------------------------------------------------------------
 # One step of the state and its sensitivities
+
+
+_UNROLL_MIN_SIZE = 4096  # sensitivities (numbers) from which the scan is unrolled
 
 
 class _Plan(NamedTuple):

@@ -331,17 +331,11 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _combinations(self):
         g = self.gradient.name
-        integ = self.model.integrator
         if self.train.online and g != "rtrl":
             raise _PathError(
                 "train.online",
                 f"online training updates the weights at every time step and needs "
                 f"gradient.name: rtrl, got {g}",
-            )
-        if g == "rtrl" and integ is not None and integ.name == "diffrax":
-            raise _PathError(
-                "gradient.name",
-                "rtrl needs a fixed-step integrator (euler, heun or rk4), not diffrax",
             )
         if self.task.name in EQUILIBRIUM_TASKS and g in ("bptt", "rtrl"):
             raise _PathError(

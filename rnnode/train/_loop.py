@@ -11,6 +11,8 @@ the run stops with `TrainingDiverged`.
 
 from __future__ import annotations
 
+import collections
+import json
 import sys
 import time
 import warnings
@@ -545,13 +547,40 @@ def _x64_context(cfg: Config):
     return jax.numpy_dtype_promotion("standard")
 
 
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _cached(kind: str, key_data, build):
+    """Reuse what was built (and compiled) for the same config in this process:
+    resuming, evaluating or re-running a config does not compile it again. The
+    key leaves out what does not change the computation (the output directory,
+    the description)."""
+    key = (kind, json.dumps(key_data, sort_keys=True), jax.config.jax_enable_x64)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    value = build()
+    _CACHE[key] = value
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return value
+
+
+def _config_key(cfg: Config) -> dict:
+    data = cfg.model_dump(mode="json")
+    data.pop("out_dir", None)
+    data.pop("description", None)
+    return data
+
+
 def prepare(cfg: Config):
     """Build and check everything that can fail because of the config, writing
     nothing: `(cfg, task, setup)`. Raises `ConfigError`."""
     cfg = cfg.model_copy(deep=True)
-    task = make_task(cfg)
+    task = _cached("task", cfg.task.model_dump(mode="json"), lambda: make_task(cfg))
     check_against_task(cfg, task)
-    setup = _Setup(cfg, task)
+    setup = _cached("setup", _config_key(cfg), lambda: _Setup(cfg, task))
     return cfg, task, setup
 
 
@@ -652,15 +681,19 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
     extra = {}
     if online:
         per_step = rnnode.cross_entropy if lname == "cross_entropy" else rnnode.mse
-        chunk, draw, init_states = make_online_chunk(
-            setup.static,
-            setup.optimiser,
-            setup.rtrl,
-            per_step,
-            steps_per_call=spc,
-            batch_size=tc.batch_size,
-            dtype=dtype,
-            mesh=mesh,
+        chunk, draw, init_states = _cached(
+            "online",
+            _config_key(cfg),
+            lambda: make_online_chunk(
+                setup.static,
+                setup.optimiser,
+                setup.rtrl,
+                per_step,
+                steps_per_call=spc,
+                batch_size=tc.batch_size,
+                dtype=dtype,
+                mesh=mesh,
+            ),
         )
         key, stream_key = jr.split(key)
         stream = draw(train_data, stream_key)
@@ -671,15 +704,18 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
             "t": jnp.asarray(0, jnp.int32),
         }
     else:
-        loss_fn = make_loss_fn(cfg, task, setup.gradient)
-        chunk = make_chunk(
-            setup.static,
-            setup.optimiser,
-            loss_fn,
-            steps_per_call=spc,
-            batch_size=tc.batch_size,
-            dtype=dtype,
-            mesh=mesh,
+        chunk = _cached(
+            "chunk",
+            _config_key(cfg),
+            lambda: make_chunk(
+                setup.static,
+                setup.optimiser,
+                make_loss_fn(cfg, task, setup.gradient),
+                steps_per_call=spc,
+                batch_size=tc.batch_size,
+                dtype=dtype,
+                mesh=mesh,
+            ),
         )
 
     step, elapsed_before = 0, 0.0
@@ -719,11 +755,13 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
         return test_loss, metrics, np.asarray(hs), outs_np
 
     def save(p, o, k, s, elapsed, extra):
-        if not main:
-            return None
+        # Gathering sharded arrays is a collective: every process takes part,
+        # then only the main process writes.
         state = {**setup.state(p, o, k), **extra}
         if mesh is not None:
             state = _sharding.to_numpy(state)
+        if not main:
+            return None
         return ckpt.save_checkpoint(
             run_dir,
             s,
@@ -748,6 +786,13 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
             smoothing=0.1,
         )
     losses_since_eval: list[float] = []
+    postfix: dict[str, str] = {}
+    if step and main:
+        # a resumed run's first record averages over the steps since the last
+        # evaluation, some of which ran before the stop
+        since = step - step % tc.eval_every
+        steps_done, losses_done = mt.read_losses(run_dir)
+        losses_since_eval = losses_done[steps_done > since].tolist()
     t_loop = time.perf_counter()
     first_call_s = None
     first_n, start_step = 0, step
@@ -822,8 +867,9 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
             losses_since_eval.extend(losses.tolist())
             step += n
             if bar is not None:
+                postfix["loss"] = f"{losses[-1]:.4g}"
+                bar.set_postfix(postfix, refresh=False)
                 bar.update(n)
-                bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
             elapsed = elapsed_before + time.perf_counter() - t_loop
             if step % tc.eval_every == 0 or step == total:
                 test_loss, metrics, _, _ = evaluate_now(params)
@@ -839,9 +885,8 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
                 if main:
                     mt.write_metrics(run_dir, record)
                 if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{losses[-1]:.4g}", test=f"{test_loss:.4g}", refresh=False
-                    )
+                    postfix["test"] = f"{test_loss:.4g}"
+                    bar.set_postfix(postfix)
             if step % tc.checkpoint_every == 0 or step == total:
                 save(params, opt_state, key, step, elapsed, extra)
     finally:

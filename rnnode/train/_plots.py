@@ -91,30 +91,67 @@ def plot_predictions(
             logits = outputs[:, i]
             p = np.exp(logits - logits.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
-            label = int(np.asarray(targets[-1, i]))
-            final = p[-1]
-            ax.bar(np.arange(len(final)), final, color="C0")
-            ax.bar([label], [final[label]], color="C2", label=f"true class {label}")
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("p(class), last step")
-            ax.legend(loc="upper right")
+            labels = np.asarray(targets[:, i]).astype(int)
+            scored = np.ones(T, bool)
+            if weights is not None:
+                w = np.asarray(weights)
+                scored = (w[:, i] if w.ndim == 2 else w) > 0
+            steps = np.flatnonzero(scored)
+            if len(steps) == 1:  # one scored step: bars of its class probabilities
+                final, label = p[steps[0]], labels[steps[0]]
+                ax.bar(np.arange(len(final)), final, color="C0")
+                ax.bar([label], [final[label]], color="C2", label=f"true class {label}")
+                ax.set_ylim(0, 1)
+                ax.set_ylabel(f"p(class), step {steps[0] + 1}")
+                ax.legend(loc="upper right")
+            else:  # class probabilities over the scored steps, true labels marked
+                ax.imshow(
+                    p[steps].T,
+                    aspect="auto",
+                    origin="lower",
+                    cmap="Blues",
+                    vmin=0,
+                    vmax=1,
+                    extent=(-0.5, len(steps) - 0.5, -0.5, p.shape[-1] - 0.5),
+                )
+                ax.plot(
+                    np.arange(len(steps)),
+                    labels[steps],
+                    "x",
+                    color="C3",
+                    ms=8,
+                    label="true class",
+                )
+                ax.set_xticks(np.arange(len(steps)), [str(k + 1) for k in steps])
+                ax.set_ylabel("class")
+                ax.legend(loc="upper right")
         else:
             mask = None
             if weights is not None:
                 w = np.asarray(weights)
                 w = w[:, i] if w.ndim == 2 else w
                 mask = w > 0
+            sparse = mask is not None and not mask.all()
             for j in range(outputs.shape[-1]):
-                ax.plot(
-                    t,
-                    targets[:, i, j],
-                    color=f"C{j}",
-                    lw=1.2,
-                    alpha=0.5,
-                    label=f"target {j}" if i == 0 else None,
-                )
-                if mask is not None and not mask.all():
-                    ax.plot(t[mask], targets[mask, i, j], "o", color=f"C{j}", ms=3)
+                label = f"target {j}" if i == 0 else None
+                if sparse:  # only the scored steps have targets
+                    ax.plot(
+                        t[mask],
+                        targets[mask, i, j],
+                        "o",
+                        color=f"C{j}",
+                        ms=5,
+                        label=label,
+                    )
+                else:
+                    ax.plot(
+                        t,
+                        targets[:, i, j],
+                        color=f"C{j}",
+                        lw=1.2,
+                        alpha=0.5,
+                        label=label,
+                    )
                 ax.plot(
                     t,
                     outputs[:, i, j],
@@ -126,7 +163,7 @@ def plot_predictions(
             ax.set_ylabel(f"sequence {i}")
             if i == 0:
                 ax.legend(loc="upper right", fontsize="small", ncol=2)
-    axes[-1, 0].set_xlabel("class" if classification else "time")
+    axes[-1, 0].set_xlabel("class or step" if classification else "time")
     fig.suptitle(title or "test predictions vs targets")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
