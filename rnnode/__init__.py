@@ -39,6 +39,7 @@ from ._sequence import sequence_loss as sequence_loss
 from .gradients import (
     BPTT as BPTT,
     RTRL as RTRL,
+    AbstractBatchGradient as AbstractBatchGradient,
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
     AbstractFixedPointSolver as AbstractFixedPointSolver,
     AbstractGradient as AbstractGradient,

@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._losses import mse
 from ._model import Model, check_inputs
-from .gradients._base import AbstractGradient, Autodiff
+from .gradients._base import AbstractBatchGradient, AbstractGradient, Autodiff
 
 
 def sequence_loss(
@@ -86,7 +86,7 @@ def sequence_loss(
 
     if not batched:
         return one(xs, ys, weights, h0)
-    if hasattr(gradient, "batch_loss"):
+    if isinstance(gradient, AbstractBatchGradient):
         # The strategy handles a whole batch itself (e.g. `BPTT`, whose custom VJP
         # then contracts the parameter gradient over the batch).
         B = xs.shape[1]

@@ -117,10 +117,12 @@ def test_matches_autodiff_and_fd(name, getkey):
 
     strategies = [rn.Autodiff(), rn.BPTT(), rn.BPTT(checkpoints=4)]
     run = jax.jit(
-        lambda p: tuple(zip(*[jax.value_and_grad(batched)(p, g) for g in strategies]))
+        lambda p: tuple(
+            zip(*[jax.value_and_grad(batched)(p, g) for g in strategies], strict=True)
+        )
     )
     values, grads = run(params)
-    for v, g in zip(values[1:], grads[1:]):
+    for v, g in zip(values[1:], grads[1:], strict=True):
         np.testing.assert_allclose(v, values[0], rtol=1e-12)
         assert _rel(g, grads[0]) < 1e-10
     # (The finite differences reuse the compiled function: its first value.)
@@ -138,10 +140,14 @@ def test_vmap_grad_and_grad_vmap(getkey):
         return rn.sequence_loss(eqx.combine(p, static), x, y, weights=w, gradient=g)
 
     def per_example(p, g):  # vmap(grad) of the unbatched loss
-        return jax.vmap(jax.grad(single), in_axes=(None, 1, 1, 1, None))(p, xs, ys, ws, g)
+        return jax.vmap(jax.grad(single), in_axes=(None, 1, 1, 1, None))(
+            p, xs, ys, ws, g
+        )
 
     def grad_of_vmap(p, g):  # grad(vmap) of the unbatched loss
-        per_seq = lambda p: jax.vmap(single, in_axes=(None, 1, 1, 1, None))(p, xs, ys, ws, g)
+        per_seq = lambda p: jax.vmap(single, in_axes=(None, 1, 1, 1, None))(
+            p, xs, ys, ws, g
+        )
         return jax.grad(lambda p: jnp.mean(per_seq(p)))(p)
 
     @jax.jit
@@ -188,8 +194,14 @@ def test_truncated_equals_stop_gradient(getkey):
 
     @jax.jit
     def grads(p):
-        refs = [jax.grad(lambda p: _truncated_reference(m(p), xs, ys, ws, k))(p) for k in (3, 5)]
-        got = [jax.grad(bptt)(p, g) for g in [rn.BPTT(truncate=3), rn.BPTT(truncate=5, checkpoints=4)]]
+        refs = [
+            jax.grad(lambda p: _truncated_reference(m(p), xs, ys, ws, k))(p)
+            for k in (3, 5)
+        ]
+        got = [
+            jax.grad(bptt)(p, g)
+            for g in [rn.BPTT(truncate=3), rn.BPTT(truncate=5, checkpoints=4)]
+        ]
         return refs, got
 
     (ref3, ref5), (got3, got5) = grads(params)
@@ -217,13 +229,14 @@ def test_gradients_wrt_everything(getkey):
     @jax.jit
     def grads(args):
         return [
-            eqx.filter_grad(f)(args, g)
-            for g in [rn.Autodiff(), rn.BPTT(checkpoints=3)]
+            eqx.filter_grad(f)(args, g) for g in [rn.Autodiff(), rn.BPTT(checkpoints=3)]
         ]
 
     ref, *got = grads((model, xs, ys, ws, h0, scale))
     for g in got:
-        for a, b in zip(g, ref):  # each argument's gradient on its own scale
+        for a, b in zip(
+            g, ref, strict=True
+        ):  # each argument's gradient on its own scale
             assert _rel(a, b) < 1e-10
 
 
@@ -247,7 +260,10 @@ def test_integer_targets_and_batch_weights(getkey):
                 m, xs, labels, loss=rn.cross_entropy, weights=ws, gradient=g
             )
 
-        return [eqx.filter_grad(f)(model, g) for g in [rn.Autodiff(), rn.BPTT(checkpoints=5)]]
+        return [
+            eqx.filter_grad(f)(model, g)
+            for g in [rn.Autodiff(), rn.BPTT(checkpoints=5)]
+        ]
 
     ref, got = grads(model)
     assert np.max(np.abs(np.asarray(ref.initial_state))) > 0
@@ -283,9 +299,15 @@ def test_adjoint_trajectory(getkey):
         out = {}
         for k in [None, 4]:
             grad = jax.grad(perturbed_loss)
-            out[f"ref{k}"] = jax.vmap(grad, (None, 1, 1, 1, 0, None), 1)(zero, xs, ys, ws, h0, k)
-            out[f"lam{k}"] = rn.adjoint_trajectory(model, xs, ys, weights=ws, h0=h0, truncate=k)
-        out["lam0"] = rn.adjoint_trajectory(model, xs[:, 0], ys[:, 0], weights=ws[:, 0], h0=h0[0])
+            out[f"ref{k}"] = jax.vmap(grad, (None, 1, 1, 1, 0, None), 1)(
+                zero, xs, ys, ws, h0, k
+            )
+            out[f"lam{k}"] = rn.adjoint_trajectory(
+                model, xs, ys, weights=ws, h0=h0, truncate=k
+            )
+        out["lam0"] = rn.adjoint_trajectory(
+            model, xs[:, 0], ys[:, 0], weights=ws[:, 0], h0=h0[0]
+        )
         out["uniform"] = rn.adjoint_trajectory(model, xs[:, 0], ys[:, 0], h0=h0[0])
         hs, _ = model.rollout(xs[:, 0], h0=h0[0])
         out["last"] = jax.grad(lambda h: rn.mse(model.output(h), ys[-1, 0]))(hs[-1]) / T
@@ -296,7 +318,9 @@ def test_adjoint_trajectory(getkey):
         assert out[f"lam{k}"].shape == (T, B, model.state_size)
         assert _rel(out[f"lam{k}"], out[f"ref{k}"]) < 1e-10
     assert out["lam0"].shape == (T, model.state_size)
-    np.testing.assert_allclose(out["lam0"], out["lamNone"][:, 0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        out["lam0"], out["lamNone"][:, 0], rtol=1e-12, atol=1e-15
+    )
     # With the default uniform weights, λ_T = (1/T) ∂l_T/∂h_T.
     np.testing.assert_allclose(out["uniform"][-1], out["last"], rtol=1e-12, atol=1e-15)
 
@@ -332,7 +356,9 @@ def test_checkpointing_stores_fewer_states():
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def temp_bytes(g):
-        f = jax.grad(lambda p: rn.sequence_loss(eqx.combine(p, static), xs, ys, gradient=g))
+        f = jax.grad(
+            lambda p: rn.sequence_loss(eqx.combine(p, static), xs, ys, gradient=g)
+        )
         return jax.jit(f).lower(params).compile().memory_analysis().temp_size_in_bytes
 
     full, ckpt = temp_bytes(rn.BPTT()), temp_bytes(rn.BPTT(checkpoints=45))

@@ -134,11 +134,16 @@ def interleaved_times(calls, repeats, budget_s):
             times[k].append(time.perf_counter() - t)
         if r >= 2 and time.perf_counter() - t_start > budget_s:
             break
-    return {k: (float(np.median(v)), float(np.min(v)), len(v)) for k, v in times.items()}
+    return {
+        k: (float(np.median(v)), float(np.min(v)), len(v)) for k, v in times.items()
+    }
 
 
 def rel_diff(g, ref):
-    num = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
+    num = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref), strict=True)
+    )
     den = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(ref))
     return num / den
 
@@ -156,15 +161,22 @@ def bench_sizes(args):
         k = max(1, round(math.sqrt(T)))
         methods = {
             "BPTT()": sequence_loss_fn(static, rnnode.BPTT()),
-            "jax.grad through lax.scan (Autodiff())": sequence_loss_fn(static, rnnode.Autodiff()),
-            f"BPTT(checkpoints={k})": sequence_loss_fn(static, rnnode.BPTT(checkpoints=k)),
+            "jax.grad through lax.scan (Autodiff())": sequence_loss_fn(
+                static, rnnode.Autodiff()
+            ),
+            f"BPTT(checkpoints={k})": sequence_loss_fn(
+                static, rnnode.BPTT(checkpoints=k)
+            ),
             "diffrax Euler + RecursiveCheckpointAdjoint": diffrax_loss_fn(static),
         }
         calls, memory, values = {}, {}, {}
         for name, loss in methods.items():
             t = time.perf_counter()
             c = compile_vg(loss, params, xs, ys)
-            print(f"  n={n}: compiled {name} in {time.perf_counter() - t:.1f} s", flush=True)
+            print(
+                f"  n={n}: compiled {name} in {time.perf_counter() - t:.1f} s",
+                flush=True,
+            )
             calls[name] = (c, (params, xs, ys))
             memory[name] = compiled_bytes(c)
             values[name] = c(params, xs, ys)
@@ -182,16 +194,27 @@ def bench_sizes(args):
                     grad_diff=rel_diff(g, ref_g),
                 )
             )  # fmt: skip
-            print(f"  n={n} {name}: {med * 1e3:.1f} ms, {mb(memory[name])} MiB", flush=True)
+            print(
+                f"  n={n} {name}: {med * 1e3:.1f} ms, {mb(memory[name])} MiB",
+                flush=True,
+            )
     return rows
 
 
 def bench_long(args):
-    T, n, B, k = args.long_steps, args.long_hidden, args.long_batch, args.long_checkpoints
+    T, n, B, k = (
+        args.long_steps,
+        args.long_hidden,
+        args.long_batch,
+        args.long_checkpoints,
+    )
     model, xs, ys = make_problem(n, T, B)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     out = dict(T=T, n=n, B=B, k=k)
-    for name, gradient in [("BPTT()", rnnode.BPTT()), ("Autodiff()", rnnode.Autodiff())]:
+    for name, gradient in [
+        ("BPTT()", rnnode.BPTT()),
+        ("Autodiff()", rnnode.Autodiff()),
+    ]:
         c = compile_vg(sequence_loss_fn(static, gradient), params, xs, ys)
         out[f"full:{name}"] = compiled_bytes(c)
         del c
@@ -276,12 +299,18 @@ def main(argv=None):
     import sys
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 128], help="hidden sizes n")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[32, 128], help="hidden sizes n"
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=1000, help="sequence length T")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per method")
-    p.add_argument("--budget", type=float, default=60.0, help="seconds of timing per size")
-    p.add_argument("--long", action="store_true", help="add the 10⁶-step checkpointed row")
+    p.add_argument(
+        "--budget", type=float, default=60.0, help="seconds of timing per size"
+    )
+    p.add_argument(
+        "--long", action="store_true", help="add the 10⁶-step checkpointed row"
+    )
     p.add_argument("--long-steps", type=int, default=1_000_000)
     p.add_argument("--long-hidden", type=int, default=64)
     p.add_argument("--long-batch", type=int, default=8)

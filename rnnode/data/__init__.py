@@ -7,17 +7,20 @@
 the data are generated, or loaded from scikit-learn and statsmodels.
 """
 
-from ._base import Split as Split
-from ._base import Task as Task
-from ._memory import AddingOptions as AddingOptions
-from ._memory import CopyOptions as CopyOptions
-from ._oscillator import OscillatorCTRNNOptions as OscillatorCTRNNOptions
-from ._oscillator import OscillatorFitOptions as OscillatorFitOptions
-from ._real import DigitsOptions as DigitsOptions
-from ._real import SunspotsOptions as SunspotsOptions
-from ._registry import TASK_OPTIONS as TASK_OPTIONS
-from ._registry import list_tasks as list_tasks
-from ._registry import make_task as make_task
-from ._synthetic import LinearExampleOptions as LinearExampleOptions
-from ._synthetic import SineOptions as SineOptions
-from ._synthetic import SteadyStateOptions as SteadyStateOptions
+from ._base import Split as Split, Task as Task
+from ._memory import AddingOptions as AddingOptions, CopyOptions as CopyOptions
+from ._oscillator import (
+    OscillatorCTRNNOptions as OscillatorCTRNNOptions,
+    OscillatorFitOptions as OscillatorFitOptions,
+)
+from ._real import DigitsOptions as DigitsOptions, SunspotsOptions as SunspotsOptions
+from ._registry import (
+    TASK_OPTIONS as TASK_OPTIONS,
+    list_tasks as list_tasks,
+    make_task as make_task,
+)
+from ._synthetic import (
+    LinearExampleOptions as LinearExampleOptions,
+    SineOptions as SineOptions,
+    SteadyStateOptions as SteadyStateOptions,
+)

@@ -1,6 +1,10 @@
 """Gradient methods: strategy objects passed as `gradient=` to `sequence_loss`."""
 
-from ._base import AbstractGradient as AbstractGradient, Autodiff as Autodiff
+from ._base import (
+    AbstractBatchGradient as AbstractBatchGradient,
+    AbstractGradient as AbstractGradient,
+    Autodiff as Autodiff,
+)
 from ._bptt import BPTT as BPTT, adjoint_trajectory as adjoint_trajectory
 from ._implicit import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,

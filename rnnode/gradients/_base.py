@@ -43,6 +43,29 @@ class AbstractGradient(eqx.Module):
         unbatched sequence (`inputs`, `targets`, `weights` have a leading time axis)."""
 
 
+class AbstractBatchGradient(AbstractGradient):
+    """A gradient method that also differentiates a whole batch at once.
+
+    `sequence_loss` calls `batch_loss` for batched inputs instead of `vmap`-ping
+    `loss`: under `vmap` a custom VJP keeps one parameter cotangent per sequence,
+    whereas a batch-aware backward pass can sum over the batch at every step.
+    """
+
+    @abc.abstractmethod
+    def batch_loss(
+        self,
+        *,
+        step: StepFn,
+        loss: LossFn,
+        params: PyTree,
+        h0: Float[Array, "batch state"],
+        inputs: PyTree,
+        targets: PyTree,
+        weights: Float[Array, "time *batch"],
+    ) -> Float[Array, ""]:
+        """The batch mean of `loss(...)`; `inputs`/`targets` are `(time, batch, ...)`."""
+
+
 class Autodiff(AbstractGradient):
     """JAX's own reverse mode through `lax.scan`: the reference the others are
     checked against. Stores every state (memory `O(T n)`)."""

@@ -28,7 +28,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._losses import mse
-from ._base import AbstractGradient
+from ._base import AbstractBatchGradient
 
 
 def _check_count(name: str, value) -> None:
@@ -41,7 +41,7 @@ def _check_count(name: str, value) -> None:
         )
 
 
-class BPTT(AbstractGradient):
+class BPTT(AbstractBatchGradient):
     """Backpropagation through time by the explicit adjoint recursion (see the module
     docstring), as a custom VJP.
 
@@ -58,13 +58,13 @@ class BPTT(AbstractGradient):
       The initial state `h_0` receives the gradient of the first chunk. `truncate=k`
       with `k ≥ T` is the exact gradient.
     - `checkpoints`: `None` (default) stores every state `h_1 … h_T` in the forward
-      pass (memory `O(T n)`). An integer `k ≥ 1` stores only the states at the
-      boundaries of at most `k` segments of `L = ⌈T/k⌉` steps (the last one shorter
-      when `k` does not divide `T`), and the backward pass recomputes the states of
-      one segment at a time from its stored boundary state: memory
-      `O(k n + (T/k) n)` for one extra forward pass. `k ≈ √T` minimises it
-      (`O(√T n)`); this is what lets a sequence of 10⁶ steps be trained where storing
-      every state would not fit.
+      pass (memory `O(T n)`). An integer `k ≥ 1` stores only the first state of
+      each of at most `k` segments of `L = ⌈T/k⌉` steps (when `L` does not divide
+      `T`, the first segment starts with a few masked steps that leave the state
+      unchanged), and the backward pass recomputes the states of one segment at a
+      time from its stored state: memory `O(k n + (T/k) n)` for one extra forward
+      pass. `k ≈ √T` minimises it (`O(√T n)`); this is what lets a sequence of 10⁶
+      steps be trained where storing every state would not fit.
 
     Gradients flow to every floating-point array in the model (including a learnt
     initial state, and arrays a `loss` function closes over) and also to the inputs,
@@ -219,7 +219,9 @@ def _pad(inputs, targets, weights, p):
         return jnp.concatenate([jnp.repeat(x[:1], p, axis=0), x], axis=0)
 
     inputs, targets = jtu.tree_map(front, (inputs, targets))
-    weights = jnp.concatenate([jnp.zeros((p,) + weights.shape[1:], weights.dtype), weights])
+    weights = jnp.concatenate(
+        [jnp.zeros((p,) + weights.shape[1:], weights.dtype), weights]
+    )
     valid = jnp.arange(weights.shape[0]) >= p
     return inputs, targets, weights, valid
 
@@ -260,11 +262,15 @@ def _adjoints(theta, h0, hs, inputs, g, truncate):
         (c,) = vjp(lam)
         return c, lam
 
-    _, lams = jax.lax.scan(body, jnp.zeros_like(h0), (g, hs_prev, inputs, s), reverse=True)
+    _, lams = jax.lax.scan(
+        body, jnp.zeros_like(h0), (g, hs_prev, inputs, s), reverse=True
+    )
     return lams
 
 
-def _stretch_backward(theta, perturbed, h_start, hs, data, c_end, gbar, u0, p, truncate):
+def _stretch_backward(
+    theta, perturbed, h_start, hs, data, c_end, gbar, u0, p, truncate
+):
     """The backward pass over the (padded) steps `u0+1 … u0+len(hs)`: a reverse
     scan over the stored states `hs` (and `h_start` before them), `data =
     (inputs, targets, weights, valid)` for these steps, starting from the
@@ -316,7 +322,10 @@ def _stretch_backward(theta, perturbed, h_start, hs, data, c_end, gbar, u0, p, t
 
     acc0 = jtu.tree_map(jnp.zeros_like, _filter(theta, p_theta))
     (c, ct_theta), ct_data = jax.lax.scan(
-        body, (c_end, acc0), (jnp.arange(n), inputs, targets, weights, valid), reverse=True
+        body,
+        (c_end, acc0),
+        (jnp.arange(n), inputs, targets, weights, valid),
+        reverse=True,
     )
     return c, (ct_theta, *ct_data)
 
