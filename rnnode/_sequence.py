@@ -42,24 +42,8 @@ def sequence_loss(
 
     **Returns:** a scalar.
     """
-    xs = check_inputs(model, xs)
-    T = xs.shape[0]
+    xs, ys, weights = check_sequence(model, xs, ys, weights)
     batched = xs.ndim == 3
-    lead = xs.shape[:2] if batched else xs.shape[:1]
-    ys = jax.tree.map(jnp.asarray, ys)
-    for leaf in jax.tree.leaves(ys):
-        if leaf.shape[: len(lead)] != lead:
-            raise ValueError(
-                f"targets must share the inputs' leading (time[, batch]) axes "
-                f"{lead}, got shape {leaf.shape}"
-            )
-    if weights is None:
-        weights = jnp.full((T,), 1.0 / T, dtype=xs.dtype)
-    weights = jnp.asarray(weights, dtype=xs.dtype)
-    if weights.shape not in ((T,), lead):
-        raise ValueError(
-            f"`weights` must have shape ({T},) or {lead}, got {weights.shape}"
-        )
     if not isinstance(gradient, AbstractGradient):
         raise ValueError(
             f"`gradient` must be a strategy such as `rnnode.BPTT()`, got {gradient!r}"
@@ -106,3 +90,27 @@ def sequence_loss(
     h_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
     per_seq = jax.vmap(one, in_axes=(1, 1, w_axis, h_axis))(xs, ys, weights, h0)
     return jnp.mean(per_seq)
+
+
+def check_sequence(model: Model, xs, ys, weights):
+    """Validate inputs, targets and time weights of a sequence loss; return them as
+    arrays (`weights` defaults to `1/T`)."""
+    xs = check_inputs(model, xs)
+    T = xs.shape[0]
+    batched = xs.ndim == 3
+    lead = xs.shape[:2] if batched else xs.shape[:1]
+    ys = jax.tree.map(jnp.asarray, ys)
+    for leaf in jax.tree.leaves(ys):
+        if leaf.shape[: len(lead)] != lead:
+            raise ValueError(
+                f"targets must share the inputs' leading (time[, batch]) axes "
+                f"{lead}, got shape {leaf.shape}"
+            )
+    if weights is None:
+        weights = jnp.full((T,), 1.0 / T, dtype=xs.dtype)
+    weights = jnp.asarray(weights, dtype=xs.dtype)
+    if weights.shape not in ((T,), lead):
+        raise ValueError(
+            f"`weights` must have shape ({T},) or {lead}, got {weights.shape}"
+        )
+    return xs, ys, weights

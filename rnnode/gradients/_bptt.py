@@ -441,27 +441,11 @@ def adjoint_trajectory(
 
     **Returns:** `λ` with shape `(time, state)` (or `(time, batch, state)`).
     """
-    from .._model import check_inputs
+    from .._sequence import check_sequence
 
     _check_count("truncate", truncate)
-    xs = check_inputs(model, xs)
-    T = xs.shape[0]
+    xs, ys, weights = check_sequence(model, xs, ys, weights)
     batched = xs.ndim == 3
-    lead = xs.shape[:2] if batched else xs.shape[:1]
-    ys = jtu.tree_map(jnp.asarray, ys)
-    for leaf in jtu.tree_leaves(ys):
-        if leaf.shape[: len(lead)] != lead:
-            raise ValueError(
-                f"targets must share the inputs' leading (time[, batch]) axes "
-                f"{lead}, got shape {leaf.shape}"
-            )
-    if weights is None:
-        weights = jnp.full((T,), 1.0 / T, dtype=xs.dtype)
-    weights = jnp.asarray(weights, dtype=xs.dtype)
-    if weights.shape not in ((T,), lead):
-        raise ValueError(
-            f"`weights` must have shape ({T},) or {lead}, got {weights.shape}"
-        )
 
     def step(params, h, inp):
         return params.step(h, *inp)
