@@ -80,7 +80,8 @@ def test_gradients_match_autodiff_and_finite_differences(name, getkey):
     f_ref, flat = _flat_loss(model, xs, ys, weights, rn.Autodiff())
     strategies = [rn.RTRL(structured=False)]
     if name in STRUCTURED:
-        strategies.append(rn.RTRL(structured=True))
+        # block=5 over T=12 steps: two whole blocks and a shorter last one
+        strategies += [rn.RTRL(structured=True), rn.RTRL(block=5)]
     fs = [_flat_loss(model, xs, ys, weights, s)[0] for s in strategies]
 
     @jax.jit
@@ -130,7 +131,7 @@ def test_jit_vmap_grad_and_grad_of_batched_loss(getkey):
     @jax.jit
     def run(model, h0):
         out = []
-        for g in (rn.Autodiff(), rn.RTRL()):
+        for g in (rn.Autodiff(), rn.RTRL(), rn.RTRL(block=4)):
             per_seq = jax.vmap(eqx.filter_grad(one(g)), in_axes=(None, 1, 1, 1, 0))(
                 model, xs, ys, weights, h0
             )
@@ -272,16 +273,17 @@ def test_memory_does_not_grow_with_sequence_length(getkey):
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    def temp_bytes(T):
+    def temp_bytes(T, block=1):
         def loss(params, xs, ys):
             m = eqx.combine(params, static)
-            return rn.sequence_loss(m, xs, ys, gradient=rn.RTRL())
+            return rn.sequence_loss(m, xs, ys, gradient=rn.RTRL(block=block))
 
         args = (params, jnp.zeros((T, M)), jnp.zeros((T, K)))
         compiled = jax.jit(jax.grad(loss)).lower(*args).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(10_000) <= 1.1 * temp_bytes(10)
+    assert temp_bytes(10_000, block=8) <= 1.1 * temp_bytes(16, block=8)
 
 
 def test_unrolled_scan(getkey, monkeypatch):
@@ -324,6 +326,15 @@ def test_errors(getkey):
                 m, xs, ys[..., :2], gradient=rn.RTRL(structured=True)
             )
         )(dfx)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            rn.RTRL(block=bad)
+    with pytest.raises(ValueError, match="needs the structured path"):
+        rn.RTRL(block=4, structured=False)
+    with pytest.raises(ValueError, match="block=1"):  # no structure for Heun
+        eqx.filter_grad(
+            lambda m: rn.sequence_loss(m, xs, ys, gradient=rn.RTRL(block=4))
+        )(osc)
     with pytest.raises(ValueError, match="inputs, targets or weights"):
         jax.grad(lambda x: rn.sequence_loss(osc, x, ys, gradient=rn.RTRL()))(xs)
 

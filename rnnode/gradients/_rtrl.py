@@ -72,6 +72,21 @@ class RTRL(AbstractGradient):
       and the generic path elsewhere; `True` requires it (`ValueError` otherwise);
       `False` forces the generic path. It assumes the step is `Model.step`, which is
       how `sequence_loss` and `RTRL.step` call it.
+    - `block`: propagate the sensitivities once every `block` steps instead of at
+      every step (structured path only; default 1, the textbook recursion). Within
+      a block of `k` steps a local reverse pass gives the in-block loss terms and
+      the products `M_s = J_k ⋯ J_{s+1}` of the block's Jacobians, and then
+
+          P_k = M_0 P_0 + Σ_s M_s ∂step_s/∂θ,
+
+      where each immediate term is the structured outer product, so that
+      `Σ_s M_s ∂step_s/∂θ` is one `(n q) × k × (k_l)` matrix product. The dense
+      `(n, n) @ (n, m)` product happens once a block: time per step
+      `O(n³ + n m + n² m / k)` instead of `O(n² m)`, extra memory `O(k n²)` (the
+      block's Jacobians), still independent of `T`. The gradient is the same (up
+      to rounding). `block ≈ n` balances the terms. This is Schmidhuber's (1992)
+      fixed-size-storage `O(n³)` hybrid of RTRL and BPTT. `RTRL.step` (online)
+      always works step by step.
 
     Only the parameters and the initial state are differentiated: gradients with
     respect to inputs, targets or weights need a reverse pass (use `Autodiff()` or
@@ -79,8 +94,21 @@ class RTRL(AbstractGradient):
     """
 
     structured: bool | Literal["auto"] = eqx.field(static=True, default="auto")
+    block: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
+        if not (isinstance(self.block, int) and not isinstance(self.block, bool)) or (
+            self.block < 1
+        ):
+            raise ValueError(
+                f"`RTRL(block={self.block!r})`: `block` must be a positive integer "
+                "(1: update the sensitivities at every step)"
+            )
+        if self.block > 1 and self.structured is False:
+            raise ValueError(
+                "`RTRL(block=...)` needs the structured path; drop "
+                "`structured=False` or use `block=1`"
+            )
         if not (self.structured is True or self.structured is False) and (
             self.structured != "auto"
         ):
@@ -90,9 +118,7 @@ class RTRL(AbstractGradient):
             )
 
     def loss(self, *, step, loss, params, h0, inputs, targets, weights):
-        return _rtrl_loss(
-            (params, h0, inputs, targets, weights), step, loss, self.structured
-        )
+        return _rtrl_loss((params, h0, inputs, targets, weights), step, loss, self)
 
     def init(
         self,
@@ -227,13 +253,13 @@ class RTRL(AbstractGradient):
 
 
 @eqx.filter_custom_vjp
-def _rtrl_loss(vjp_arg, step, loss, structured):
+def _rtrl_loss(vjp_arg, step, loss, strategy):
     params, h0, inputs, targets, weights = vjp_arg
     return scan_loss(step, loss, params, h0, inputs, targets, weights)
 
 
 @_rtrl_loss.def_fwd
-def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
+def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
     params, h0, inputs, targets, weights = vjp_arg
     p_params, p_h0, *p_data = perturbed
     if any(jax.tree.leaves(p_data)):
@@ -242,7 +268,13 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
             "gradients with respect to inputs, targets or weights use `Autodiff()` "
             "or `BPTT()`"
         )
-    method = _method(structured, params)
+    method = _method(strategy.structured, params)
+    if strategy.block > 1 and method != "structured":
+        raise ValueError(
+            f"`RTRL(block={strategy.block})` needs a structured Jacobian, which "
+            "exists for `ElmanRNN`, `LSTM`, `GRU` and `CTRNN` with `Euler`; use "
+            "`RTRL()` (block=1) for this model"
+        )
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [p for p, _ in flat]
     leaves = [v for _, v in flat]
@@ -268,17 +300,17 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
         blocks.append(jnp.eye(n, dtype=h0.dtype))
     plan = _Plan(method, treedef, tuple(paths), tuple(tracked))
 
+    def step_loss(h, y):
+        def f(sub, h):
+            return loss(_rebuild(treedef, leaves, direct, sub), h, y)
+
+        return jax.value_and_grad(f, argnums=(0, 1))([leaves[i] for i in direct], h)
+
     def body(carry, xs):
         h, blocks, g_sens, g_direct, total = carry
         inp, y, a = xs
         h, blocks = _advance(plan, step, params, leaves, h, blocks, inp)
-
-        def step_loss(sub, h):
-            return loss(_rebuild(treedef, leaves, direct, sub), h, y)
-
-        value, (dsub, dh) = jax.value_and_grad(step_loss, argnums=(0, 1))(
-            [leaves[i] for i in direct], h
-        )
+        value, (dsub, dh) = step_loss(h, y)
         g_direct = [g + a * d for g, d in zip(g_direct, dsub, strict=True)]
         g_sens = [
             g + a * jnp.tensordot(dh, P, axes=1)
@@ -291,7 +323,11 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
     total = jnp.zeros((), jnp.result_type(weights))
     carry = (h0, blocks, g_sens, g_direct, total)
     sequence = (inputs, targets, weights)
-    if sum(P.size for P in blocks) < _UNROLL_MIN_SIZE:
+    if strategy.block > 1:
+        carry = _block_scan(
+            plan, step, step_loss, params, leaves, carry, sequence, strategy.block
+        )
+    elif sum(P.size for P in blocks) < _UNROLL_MIN_SIZE:
         carry, _ = jax.lax.scan(body, carry, sequence)
     else:
         # Two steps per iteration: each step's `J P` product then writes straight
@@ -323,9 +359,114 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, structured):
     return total, (jax.tree_util.tree_unflatten(treedef, grads), g_h0)
 
 
+def _block_scan(plan, step, step_loss, params, leaves, carry, sequence, k):
+    """`RTRL(block=k)`: the sequence in blocks of `k` steps (the last one shorter),
+    the sensitivities propagated once a block (Schmidhuber, 1992)."""
+    T = sequence[2].shape[0]
+    nb, rest = divmod(T, k)
+    # The static row pattern of each tracked block's immediate Jacobian (the values
+    # of this call are unused and removed by XLA).
+    _, imm0 = structured_jacobians(
+        params, carry[0], *jax.tree.map(lambda a: a[0], sequence[0])
+    )
+    rows = [
+        None if r is None else r.rows
+        for r in (_immediate_of(plan, i, imm0) for i in plan.tracked)
+    ]
+
+    def one_block(carry, seq):
+        return _block_step(plan, step, step_loss, params, rows, carry, seq), None
+
+    if nb:
+        split = jax.tree.map(
+            lambda a: a[: nb * k].reshape(nb, k, *a.shape[1:]), sequence
+        )
+        carry, _ = jax.lax.scan(one_block, carry, split)
+    if rest:
+        carry = _block_step(
+            plan,
+            step,
+            step_loss,
+            params,
+            rows,
+            carry,
+            jax.tree.map(lambda a: a[nb * k :], sequence),
+        )
+    return carry
+
+
+def _block_step(plan, step, step_loss, params, rows, carry, seq):
+    """One block of `k` steps from `P_0` (the sensitivities at its start):
+
+    - forward: `h_s`, `J_s = ∂h_s/∂h_{s-1}`, the immediate Jacobians, and
+      `e_s = a_s ∂l_s/∂h_s` for `s = 1 … k`;
+    - reverse: `λ_s = e_s + λ_{s+1} J_{s+1}` (the in-block adjoint, `λ_{k+1} = 0`)
+      and `M_s = J_k ⋯ J_{s+1}` (`M_k = I`);
+    - then `Σ_s e_s P_s = λ_1 J_1 P_0 + Σ_s λ_s ∂step_s/∂θ` and
+      `P_k = M_0 P_0 + Σ_s M_s ∂step_s/∂θ`.
+
+    An immediate Jacobian `Rows(rows, vals, v)` has entries
+    `Σ_a [i = rows[a, j]] vals[a, j] v[l]`, so `M ∂step/∂θ` is
+    `Q[:, j] ⊗ v` with `Q[:, j] = Σ_a M[:, rows[a, j]] vals[a, j]`.
+    """
+    h, blocks, g_sens, g_direct, total = carry
+
+    def forward(carry, xs):
+        h, g_direct, total = carry
+        inp, y, a = xs
+        J, imm = structured_jacobians(params, h, *inp)
+        h = step(params, h, inp)
+        value, (dsub, dh) = step_loss(h, y)
+        g_direct = [g + a * d for g, d in zip(g_direct, dsub, strict=True)]
+        imm = [_immediate_of(plan, i, imm) for i in plan.tracked]
+        out = (J, a * dh, [None if r is None else (r.vals, r.v) for r in imm])
+        return (h, g_direct, total + a * value), out
+
+    (h, g_direct, total), (Js, es, imms) = jax.lax.scan(
+        forward, (h, g_direct, total), seq
+    )
+
+    def gather(R, r, vals):  # Σ_a R[..., r[a, j]] vals[a, j]  →  (..., q)
+        return sum(R[..., r[a]] * vals[a] for a in range(r.shape[0]))
+
+    def reverse(carry, xs):
+        lam_J, M = carry  # λ_{s+1} J_{s+1} and M_s
+        J, e, imm = xs
+        lam = e + lam_J
+        out = [
+            (gather(lam, r, im[0]), gather(M, r, im[0]))
+            for r, im in zip(rows, imm, strict=True)
+            if r is not None
+        ]
+        return (lam @ J, M @ J), out
+
+    n = h.shape[0]
+    eye = jnp.eye(n, dtype=Js.dtype)
+    (lam_J, M), outs = jax.lax.scan(
+        reverse, (jnp.zeros_like(h), eye), (Js, es, imms), reverse=True
+    )
+    outs = iter(outs)
+    new_blocks, new_g = [], []
+    for P, g, r, imm in zip(blocks, g_sens, rows, imms, strict=True):
+        g = g + jnp.tensordot(lam_J, P, axes=1)
+        P = jnp.tensordot(M, P, axes=1)
+        if r is not None:
+            lam_v, Q = next(outs)  # (k, q), (k, n, q)
+            v = imm[1]
+            if v is None:
+                g = g + jnp.sum(lam_v, axis=0).astype(g.dtype)
+                P = P + jnp.sum(Q, axis=0).astype(P.dtype)
+            else:
+                g = g + jnp.einsum("sj,sl->jl", lam_v, v).astype(g.dtype)
+                P = P + jnp.einsum("sij,sl->ijl", Q, v).astype(P.dtype)
+        new_blocks.append(P)
+        new_g.append(g)
+    return h, new_blocks, new_g, g_direct, total
+
+
 @_rtrl_loss.def_bwd
-def _rtrl_loss_bwd(residuals, grad_obj, perturbed, vjp_arg, step, loss, structured):
-    del perturbed, step, loss, structured
+def _rtrl_loss_bwd(residuals, grad_obj, perturbed, vjp_arg, step, loss, strategy):
+    del perturbed, step, loss, strategy
     grads, g_h0 = residuals
     _, _, inputs, targets, weights = vjp_arg
     no_grad = jax.tree.map(lambda _: None, (inputs, targets, weights))
