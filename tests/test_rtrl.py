@@ -283,7 +283,8 @@ def test_memory_does_not_grow_with_sequence_length(getkey):
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(10_000) <= 1.1 * temp_bytes(10)
-    assert temp_bytes(10_000, block=8) <= 1.1 * temp_bytes(16, block=8)
+    # a last partial block (13 = 8 + 5) is filled up: no second compiled block
+    assert temp_bytes(10_000, block=8) <= 1.1 * temp_bytes(13, block=8)
 
 
 def test_unrolled_scan(getkey, monkeypatch):

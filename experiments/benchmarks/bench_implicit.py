@@ -14,7 +14,7 @@ constant inputs; the loss is `mean_batch mse(V r* + c, y)`. Compared:
 - `optimistix`: `optimistix.fixed_point(..., adjoint=ImplicitAdjoint())` with its
   default linear solver (`AutoLinearSolver(well_posed=None)` → LU, which
   materialises the `n × n` Jacobian per example), vmapped over the batch;
-- `optimistix-joint` (small n only): the same, but the whole batch as one
+- `optimistix-joint` (n ≤ `--optimistix-joint-max-n`): the same, but the whole batch as one
   fixed-point problem on the `(N, n)` state, so the Jacobian is `(N n) × (N n)`.
 
 Reported per method: time of one jitted gradient (min over repeats, after
@@ -85,22 +85,30 @@ def memory(jitted, *args):
     return temp, total
 
 
-def time_round_robin(fns, args, repeats):
+def time_round_robin(fns, args, repeats, budget_s=30.0):
     """Time every compiled function `repeats` times, interleaved (one call of each
-    per round) so that load changes on a shared machine hit all methods alike.
-    Returns per name `(min wall, median wall, min process CPU)` in seconds; the
-    CPU time (all threads of this process) is less sensitive to other processes."""
+    per round) so that load changes on a shared machine hit all methods alike; a
+    method whose timed calls have taken `budget_s` in all is not called again
+    (so a minute-long baseline is timed once or twice, not `repeats` times).
+    Returns per name `(min wall, median wall, min process CPU, number of calls)`
+    in seconds; the CPU time (all threads of this process) is less sensitive to
+    other processes."""
     for fn in fns.values():
         jax.block_until_ready(fn(*args))  # compile + warm up
     walls = {k: [] for k in fns}
     cpus = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if sum(walls[name]) >= budget_s:
+                continue
             c, t = time.process_time(), time.perf_counter()
             jax.block_until_ready(fn(*args))
             walls[name].append(time.perf_counter() - t)
             cpus[name].append(time.process_time() - c)
-    return {k: (min(walls[k]), float(np.median(walls[k])), min(cpus[k])) for k in fns}
+    return {
+        k: (min(walls[k]), float(np.median(walls[k])), min(cpus[k]), len(walls[k]))
+        for k in fns
+    }
 
 
 def build_methods(static, xs, ys, tol, max_steps, K, include_optx, include_joint):
@@ -202,11 +210,11 @@ def run_size(n, args):
         t0 = time.perf_counter()
         mem[name] = memory(fns[name], params)
         compile_s[name] = time.perf_counter() - t0
-    timings = time_round_robin(fns, (params,), args.repeats)
+    timings = time_round_robin(fns, (params,), args.repeats, args.budget)
     rows, grads = [], {}
     for name, fn in fns.items():
         grads[name] = fn(params)
-        tmin, tmed, cpu = timings[name]
+        tmin, tmed, cpu, calls = timings[name]
         temp, total = mem[name]
         rows.append(
             dict(
@@ -217,6 +225,7 @@ def run_size(n, args):
                 temp=temp,
                 total=total,
                 compile=compile_s[name],
+                calls=calls,
             )
         )
         print(
@@ -234,8 +243,8 @@ def fmt_table(results, args):
     lines = [
         "| n | method | time (ms) | median (ms) | CPU time (ms) | temp memory (MiB) "
         "| total memory (MiB) | time / implicit | CPU / implicit | temp mem / implicit "
-        "| max rel. diff vs unrolled |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| max rel. diff vs unrolled | timed calls |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         imp = next(r for r in res["rows"] if r["method"] == "implicit")
@@ -245,7 +254,8 @@ def fmt_table(results, args):
                 f"{r['median'] * 1e3:.2f} | {r['cpu'] * 1e3:.2f} | "
                 f"{r['temp'] / 2**20:.2f} | {r['total'] / 2**20:.2f} | "
                 f"{r['time'] / imp['time']:.2f}× | {r['cpu'] / imp['cpu']:.2f}× | "
-                f"{r['temp'] / max(imp['temp'], 1):.2f}× | {r['rel']:.1e} |"
+                f"{r['temp'] / max(imp['temp'], 1):.2f}× | {r['rel']:.1e} | "
+                f"{r['calls']} |"
             )
     return "\n".join(lines)
 
@@ -269,13 +279,20 @@ def main(argv=None):
         help="solver step limit (also bounds `unrolled`'s storage)",
     )
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="seconds of timed calls per method, after which it is not timed again",
+    )
     p.add_argument("--no-optimistix", action="store_true")
     p.add_argument(
         "--optimistix-joint-max-n",
         type=int,
-        default=64,
+        default=256,
         help="also run `optimistix-joint` (the batch as one (N, n) fixed point, "
-        "so an (N n)² Jacobian) for sizes n up to this; 0: never",
+        "so an (N n)² Jacobian: 4 GiB and about a minute a call at N=64, n=256 on "
+        "a 2-core CPU) for sizes n up to this; 0: never",
     )
     p.add_argument(
         "--out",

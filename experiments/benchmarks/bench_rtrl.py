@@ -115,9 +115,10 @@ def compiled_memory(f, *args):
     return mem.temp_size_in_bytes, mem.argument_size_in_bytes
 
 
-def speed_rows(sizes, T, repeats, peak):
+def speed_rows(sizes, T, repeats, peak, block=None):
     rows = []
     for n in sizes:
+        k = block or min(n, T // 4)
         model, xs, ys = make_problem(n, T)
         params, static = eqx.partition(model, eqx.is_inexact_array)
         dyn = eqx.filter(model.dynamics, eqx.is_inexact_array)
@@ -137,8 +138,18 @@ def speed_rows(sizes, T, repeats, peak):
             return jax.lax.scan(lambda P, _: (J @ P + 1.0, None), P, None, length=T)[0]
 
         generic = rnnode.RTRL(structured=False)
+        rtrl_block = jax.jit(jax.grad(loss_fn(static, rnnode.RTRL(block=k))))
+        g3 = rtrl_block(params, xs, ys)
+        diff = max(
+            [diff]
+            + [
+                float(jnp.max(jnp.abs(a - b)))
+                for a, b in zip(jax.tree.leaves(g3), jax.tree.leaves(g2), strict=True)
+            ]
+        )
         fns = {
             "rtrl": (rtrl, (params, xs, ys)),
+            "block": (rtrl_block, (params, xs, ys)),
             "generic": (jax.jit(jax.grad(loss_fn(static, generic))), (params, xs, ys)),
             "jacfwd": (fwd, (params, xs, ys)),
             "grad": (
@@ -149,8 +160,9 @@ def speed_rows(sizes, T, repeats, peak):
         }
         t = interleaved_times(fns, repeats)
         flops = 2 * n * n * m * T
-        r = dict(n=n, m=m, t=t, rel_diff=diff / scale)
+        r = dict(n=n, m=m, k=k, t=t, rel_diff=diff / scale)
         r["speedup"] = t["jacfwd"][0] / t["rtrl"][0]
+        r["speedup_block"] = t["jacfwd"][0] / t["block"][0]
         r["speedup_min"] = t["jacfwd"][1] / t["rtrl"][1]
         r["gflops"] = flops / t["rtrl"][0] / 1e9
         r["gflops_min"] = flops / t["rtrl"][1] / 1e9
@@ -160,7 +172,8 @@ def speed_rows(sizes, T, repeats, peak):
         rows.append(r)
         ms = {k: 1e3 * v[0] for k, v in t.items()}
         print(
-            f"n={n:3d} m={m:5d}  RTRL {ms['rtrl']:8.2f} ms (generic {ms['generic']:8.2f})"
+            f"n={n:3d} m={m:5d}  RTRL {ms['rtrl']:8.2f} ms (generic {ms['generic']:8.2f}, "
+            f"block={k} {ms['block']:8.2f}: {r['speedup_block']:.1f}x)"
             f"  jacfwd {ms['jacfwd']:8.2f} ms  speedup {r['speedup']:5.1f}x "
             f"(min/min {r['speedup_min']:.1f}x)  jax.grad {ms['grad']:6.2f} ms  "
             f"J P {r['gflops']:5.1f} GFLOP/s = {r['pct']:4.1f}% of peak "
@@ -171,13 +184,14 @@ def speed_rows(sizes, T, repeats, peak):
     return rows
 
 
-def memory_rows(sizes, T_short, T_long):
+def memory_rows(sizes, T_short, T_long, block=None):
     """Compiled memory `(temp, args)` in bytes of three gradients per `(n, T)`:
 
     - `own`: `RTRL().loss` itself (the `AbstractGradient` interface) with the
       per-step inputs `(t, x, x_next)` precomputed and passed as arguments;
     - `seq`: `jax.grad` of `sequence_loss(..., gradient=RTRL())`, which also
       builds the per-step inputs (time stamps, next inputs) inside the program;
+    - `blk`: the same with `RTRL(block=k)` (`k = block or min(n, T_short / 4)`);
     - `grad`: reverse mode (`Autodiff()`) through `sequence_loss`, for contrast.
     """
     rows = []
@@ -203,7 +217,11 @@ def memory_rows(sizes, T_short, T_long):
             out["own", T] = compiled_memory(
                 jax.grad(own), params, model.step_inputs(xs), ys, weights
             )
-            for name, gradient in (("seq", rnnode.RTRL()), ("grad", rnnode.Autodiff())):
+            for name, gradient in (
+                ("seq", rnnode.RTRL()),
+                ("blk", rnnode.RTRL(block=block or min(n, T_short // 4))),
+                ("grad", rnnode.Autodiff()),
+            ):
                 out[name, T] = compiled_memory(
                     jax.grad(loss_fn(static, gradient)), params, xs, ys
                 )
@@ -303,6 +321,13 @@ def main():
     p.add_argument("--stream-steps", type=int, default=100_000)
     p.add_argument("--chunk", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="the block k of `RTRL(block=k)` (default: min(n, T / 4), so that the "
+        "sequence has several blocks)",
+    )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument(
         "--cores",
@@ -327,8 +352,8 @@ def main():
         f"best times (float32 square matmuls, N = {N})",
         flush=True,
     )
-    speed = speed_rows(args.sizes, args.T, args.repeats, (peak, peak_best))
-    memory = memory_rows(args.sizes, args.T, args.long_T)
+    speed = speed_rows(args.sizes, args.T, args.repeats, (peak, peak_best), args.block)
+    memory = memory_rows(args.sizes, args.T, args.long_T, args.block)
     stream = stream_row(args.stream_n, args.stream_steps, args.chunk, args.lr)
 
     mib = lambda b: f"{b / 2**20:.3f}"
@@ -345,7 +370,8 @@ def main():
         "Command: `python experiments/benchmarks/bench_rtrl.py --sizes "
         + " ".join(map(str, args.sizes))
         + f" --T {args.T} --long-T {args.long_T} --repeats {args.repeats} "
-        f"--stream-n {args.stream_n} --stream-steps {args.stream_steps} "
+        + (f"--block {args.block} " if args.block else "")
+        + f"--stream-n {args.stream_n} --stream-steps {args.stream_steps} "
         f"--chunk {args.chunk}"
         + (f" --cores {args.cores}" if args.cores else "")
         + "`",
@@ -355,8 +381,9 @@ def main():
         "Median (and minimum) over interleaved rounds, after compilation and warm-up.",
         "",
         "| n | m | RTRL (ms) | RTRL generic (ms) | jacfwd (ms) | speedup "
+        "| `RTRL(block=k)` (ms) | its speedup "
         "| jax.grad (ms) | J P GFLOP/s | % of peak | bare J P GFLOP/s | max rel. diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in speed:
         t = {k: (1e3 * a, 1e3 * b) for k, (a, b) in r["t"].items()}
@@ -365,6 +392,8 @@ def main():
             f"{t['generic'][0]:.2f} ({t['generic'][1]:.2f}) | "
             f"{t['jacfwd'][0]:.2f} ({t['jacfwd'][1]:.2f}) | "
             f"{r['speedup']:.1f}× ({r['speedup_min']:.1f}×) | "
+            f"k = {r['k']}: {t['block'][0]:.2f} ({t['block'][1]:.2f}) | "
+            f"{r['speedup_block']:.1f}× | "
             f"{t['grad'][0]:.2f} | {r['gflops']:.1f} ({r['gflops_min']:.1f}) | "
             f"{r['pct']:.0f}% ({r['pct_best']:.0f}%) | {r['gflops_bare']:.1f} | "
             f"{r['rel_diff']:.1e} |"
@@ -374,7 +403,12 @@ def main():
         "`m`: the dynamics' parameters (`W`, `U`, `b`), the ones carrying "
         "sensitivities. GFLOP/s counts `2 n² m` flops per step for `J P`, over "
         "RTRL's whole gradient time; 'bare J P' is a `lax.scan` of the products "
-        "alone; % of peak: median/median (best/best).",
+        "alone; % of peak: median/median (best/best). `RTRL(block=k)`: the "
+        "sensitivities propagated once every k steps (Schmidhuber 1992; the same "
+        "gradient in `O(n³ + n m + n² m / k)` per step); the GFLOP/s columns are "
+        "for per-step `RTRL()`. max rel. diff: the larger of RTRL's and "
+        "`RTRL(block=k)`'s difference from `jax.jacfwd`, relative to its largest "
+        "entry.",
         "",
         f"## Compiled memory: T = {args.T} vs T = {args.long_T}",
         "",
@@ -383,8 +417,9 @@ def main():
         "",
         f"| n | RTRL temp, T={args.T} (MiB) | RTRL temp, T={args.long_T} (MiB) "
         f"| ratio | RTRL args, T={args.T} / {args.long_T} (MiB) "
-        "| via `sequence_loss`: temp (MiB) | reverse mode (`jax.grad`): temp (MiB) |",
-        "|---|---|---|---|---|---|---|",
+        "| via `sequence_loss`: temp (MiB) | `RTRL(block=k)`: temp (MiB) "
+        "| reverse mode (`jax.grad`): temp (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in memory:
         T0, T1 = args.T, args.long_T
@@ -392,6 +427,7 @@ def main():
         lines.append(
             f"| {r['n']} | {mib(a)} | {mib(b)} | {b / a:.3f} | {mib(aa)} / {mib(ba)} | "
             f"{mib(r['seq', T0][0])} / {mib(r['seq', T1][0])} | "
+            f"{mib(r['blk', T0][0])} / {mib(r['blk', T1][0])} | "
             f"{mib(r['grad', T0][0])} / {mib(r['grad', T1][0])} |"
         )
     lines += [

@@ -36,6 +36,7 @@ its `RESULTS` code, with NaN-free values (the last finite iterate).
 """
 
 import abc
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -270,7 +271,7 @@ def _forward_solve(
     """Solve `y = G(y)` for a batch `(N, n)`: one loop over the batch, each example
     frozen once it has converged (or diverged), stopping when none is active.
     `kind` is `"lax"` (no reverse mode), `"bounded"` or `"checkpointed"` (reverse
-    mode through the iterations, see `equinox.internal.while_loop`)."""
+    mode through the iterations, see `_bounded_loop`)."""
     dtype = y0.dtype
     rtol = default_tol(dtype) if solver.rtol is None else solver.rtol
     atol = default_tol(dtype) if solver.atol is None else solver.atol
@@ -314,8 +315,8 @@ def _forward_solve(
     if kind == "lax":
         y, g, _, steps, diverged, _ = jax.lax.while_loop(cond, body, carry0)
     else:
-        y, g, _, steps, diverged, _ = eqx.internal.while_loop(
-            cond, body, carry0, max_steps=max(max_steps, 1), kind=kind
+        y, g, _, steps, diverged, _ = _bounded_loop(
+            cond, body, carry0, max_steps, checkpointed=kind == "checkpointed"
         )
     conv = converged(y, g)
     result = make_result(conv, diverged)
@@ -327,6 +328,35 @@ def _forward_solve(
         residual=jax.lax.stop_gradient(residual),
         num_steps=steps,
     )
+
+
+def _bounded_loop(cond, body, carry, max_steps: int, *, checkpointed: bool):
+    """`lax.while_loop(cond, body, carry)` cut off at `max_steps` iterations, in a
+    form reverse mode can differentiate: a `lax.scan` of `max_steps` steps, each a
+    `lax.cond` that skips the work once `cond` is false. Reverse mode stores every
+    step's residuals (memory `O(max_steps)`); with `checkpointed=True` the steps
+    are scanned in segments of about `√max_steps`, each under `jax.checkpoint`, so
+    only the segment boundaries are stored and a segment is recomputed in the
+    backward pass (memory `O(√max_steps)`, about one more forward pass of time)."""
+
+    def step(carry, _):
+        return jax.lax.cond(cond(carry), body, lambda c: c, carry), None
+
+    if max_steps == 0:
+        return carry
+    if not checkpointed:
+        return jax.lax.scan(step, carry, None, length=max_steps)[0]
+    seg = max(1, math.isqrt(max_steps - 1) + 1)  # ⌈√max_steps⌉
+    num, rest = divmod(max_steps, seg)
+
+    @jax.checkpoint
+    def segment(carry, _):
+        return jax.lax.scan(step, carry, None, length=seg)[0], None
+
+    carry = jax.lax.scan(segment, carry, None, length=num)[0]
+    if rest:
+        carry = jax.lax.scan(step, carry, None, length=rest)[0]
+    return carry
 
 
 def _batch_map(G: FixedPointMap, dynamics, xs):
@@ -490,11 +520,13 @@ def _implicit_equilibrium_bwd(
 
 class Unrolled(AbstractEquilibriumGradient):
     """Reverse-mode autodiff through the solver's iterations: the reference for
-    `Implicit`. Runs the same loop with `equinox.internal.while_loop` of `kind`
-    `"bounded"` (stores every iteration up to the solver's `max_steps`: memory
-    `O(max_steps · N · n)`) or `"checkpointed"` (recomputes; less memory, more
-    time). Its gradient is the derivative of the truncated iteration, which tends
-    to the implicit one as the forward solve converges."""
+    `Implicit`. Runs the same loop as a `lax.scan` of the solver's `max_steps`
+    steps (each skipped by a `lax.cond` once every example has stopped), of `kind`
+    `"bounded"` (stores every iteration: memory `O(max_steps · N · n)`) or
+    `"checkpointed"` (stores `√max_steps` of them and recomputes the rest: less
+    memory, about one more forward pass of time). Its gradient is the derivative
+    of the truncated iteration, which tends to the implicit one as the forward
+    solve converges."""
 
     kind: str = eqx.field(static=True, default="bounded")
 

@@ -360,10 +360,13 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
 
 
 def _block_scan(plan, step, step_loss, params, leaves, carry, sequence, k):
-    """`RTRL(block=k)`: the sequence in blocks of `k` steps (the last one shorter),
-    the sensitivities propagated once a block (Schmidhuber, 1992)."""
+    """`RTRL(block=k)`: the sequence in blocks of `k` steps, the sensitivities
+    propagated once a block (Schmidhuber, 1992). A last, partial block is filled
+    up with masked steps (zero weight, after every real step, so they change
+    nothing that is returned), so that one compiled block serves every length and
+    the working memory does not depend on `T`."""
     T = sequence[2].shape[0]
-    nb, rest = divmod(T, k)
+    k = min(k, T)
     # The static row pattern of each tracked block's immediate Jacobian (the values
     # of this call are unused and removed by XLA).
     _, imm0 = structured_jacobians(
@@ -374,28 +377,18 @@ def _block_scan(plan, step, step_loss, params, leaves, carry, sequence, k):
         for r in (_immediate_of(plan, i, imm0) for i in plan.tracked)
     ]
 
-    def one_block(carry, seq):
-        return _block_step(plan, step, step_loss, params, rows, carry, seq), None
+    def one_block(carry, _):
+        carry, i = carry  # a counter, not a scanned `arange` (an O(T / k) array)
+        idx = i * k + jnp.arange(k)
+        seq = jax.tree.map(lambda a: a[jnp.minimum(idx, T - 1)], sequence)
+        carry = _block_step(plan, step, step_loss, params, rows, carry, seq, idx < T)
+        return (carry, i + 1), None
 
-    if nb:
-        split = jax.tree.map(
-            lambda a: a[: nb * k].reshape(nb, k, *a.shape[1:]), sequence
-        )
-        carry, _ = jax.lax.scan(one_block, carry, split)
-    if rest:
-        carry = _block_step(
-            plan,
-            step,
-            step_loss,
-            params,
-            rows,
-            carry,
-            jax.tree.map(lambda a: a[nb * k :], sequence),
-        )
+    (carry, _), _ = jax.lax.scan(one_block, (carry, 0), None, length=-(-T // k))
     return carry
 
 
-def _block_step(plan, step, step_loss, params, rows, carry, seq):
+def _block_step(plan, step, step_loss, params, rows, carry, seq, valid):
     """One block of `k` steps from `P_0` (the sensitivities at its start):
 
     - forward: `h_s`, `J_s = ∂h_s/∂h_{s-1}`, the immediate Jacobians, and
@@ -407,23 +400,26 @@ def _block_step(plan, step, step_loss, params, rows, carry, seq):
 
     An immediate Jacobian `Rows(rows, vals, v)` has entries
     `Σ_a [i = rows[a, j]] vals[a, j] v[l]`, so `M ∂step/∂θ` is
-    `Q[:, j] ⊗ v` with `Q[:, j] = Σ_a M[:, rows[a, j]] vals[a, j]`.
+    `Q[:, j] ⊗ v` with `Q[:, j] = Σ_a M[:, rows[a, j]] vals[a, j]`. Steps with
+    `valid` false (the filling of a last block) add no loss.
     """
     h, blocks, g_sens, g_direct, total = carry
 
     def forward(carry, xs):
         h, g_direct, total = carry
-        inp, y, a = xs
+        (inp, y, a), ok = xs
         J, imm = structured_jacobians(params, h, *inp)
         h = step(params, h, inp)
         value, (dsub, dh) = step_loss(h, y)
-        g_direct = [g + a * d for g, d in zip(g_direct, dsub, strict=True)]
+        # `where`, not a zero weight: a masked step's loss may be non-finite
+        mask = lambda v: jnp.where(ok, a * v, jnp.zeros_like(v))
+        g_direct = [g + mask(d) for g, d in zip(g_direct, dsub, strict=True)]
         imm = [_immediate_of(plan, i, imm) for i in plan.tracked]
-        out = (J, a * dh, [None if r is None else (r.vals, r.v) for r in imm])
-        return (h, g_direct, total + a * value), out
+        out = (J, mask(dh), [None if r is None else (r.vals, r.v) for r in imm])
+        return (h, g_direct, total + mask(value)), out
 
     (h, g_direct, total), (Js, es, imms) = jax.lax.scan(
-        forward, (h, g_direct, total), seq
+        forward, (h, g_direct, total), (seq, valid)
     )
 
     def gather(R, r, vals):  # Σ_a R[..., r[a, j]] vals[a, j]  →  (..., q)
