@@ -27,7 +27,7 @@ _EPILOG = textwrap.dedent(
       rnnode analyse runs/sine --what fixed_points
       rnnode config sine model.hidden_size=64   print the resolved config, run nothing
 
-    exit status: 0 success, 1 error, 2 invalid config or usage, 3 loss became NaN/inf
+    exit status: 0 success, 1 error, 2 invalid config or usage, 3 loss became NaN/inf or a solve did not converge
     """
 )
 

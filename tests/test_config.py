@@ -131,6 +131,19 @@ BAD = [
         "gradient.name: bptt differentiates a sequence; task steady_state is an "
         "equilibrium task",
     ),
+    (
+        ["equilibrium.max_steps=10"],
+        "equilibrium: only used by equilibrium tasks; sine is a sequence task",
+    ),
+    (
+        ["task.name=steady_state", "gradient.name=implicit", "equilibrium.memory=3"],
+        "equilibrium.memory: only used by anderson, not fixed_point",
+    ),
+    (
+        ["task.name=steady_state", "gradient.name=implicit", "equilibrium.damping=0"],
+        "equilibrium.damping: must be > 0, got 0",
+    ),
+    (["gradient.name=rtrl", "gradient.block=0"], "gradient: rtrl: `RTRL(block=0)`"),
     (["task.options.num_stepz=3"], "task.options.num_stepz: unknown key"),
     (["task.options.num_steps=2.5"], "task.options.num_steps: must be an integer"),
     (["task.name=sinus"], "task.name: unknown task 'sinus' (did you mean sine?)"),

@@ -338,3 +338,48 @@ def test_task_config_short_run(name, tmp_path):
     else:
         assert losses[-1] < losses[0], f"loss did not fall: {losses}"
     assert np.isfinite(summary["test_loss"]) and summary["test"]
+
+
+STEADY = [
+    *SMALL["steady_state"],
+    "train.steps=6",
+    "train.steps_per_call=3",
+    "train.eval_every=3",
+    "train.checkpoint_every=3",
+]
+
+
+def test_equilibrium_section_chooses_the_forward_solver(tmp_path):
+    out = tmp_path / "anderson"
+    cfg = load_config(
+        "steady_state",
+        [
+            *STEADY,
+            "equilibrium.solver=anderson",
+            "equilibrium.memory=3",
+            f"out_dir={out}",
+        ],
+    )
+    summary = train(cfg, progress=False)
+    assert summary["status"] == "finished"
+    losses = _losses(out)
+    assert losses[-1] < losses[0], losses
+    saved = (out / "config.yaml").read_text()
+    assert "solver: anderson" in saved and "memory: 3" in saved
+    # the resolved config validates again, section and all
+    assert load_config(out / "config.yaml").equilibrium.memory == 3
+
+
+def test_non_converging_equilibrium_is_an_error_not_a_wrong_gradient(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "steady_state", *STEADY, "equilibrium.max_steps=2", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "Traceback" not in err
+    assert "did not reach its tolerance" in err and "equilibrium.max_steps" in err
+    run = tmp_path / "runs" / "steady_state"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert (run / "config.yaml").is_file()

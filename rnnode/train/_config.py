@@ -194,6 +194,26 @@ class GradientConfig(_Strict):
         return self
 
 
+class EquilibriumConfig(_Strict):
+    """`equilibrium:` how an equilibrium task's fixed points are found (the forward
+    solve of `rnnode.equilibrium`; the adjoint's options are `gradient:` keys,
+    e.g. `gradient: {name: implicit, max_steps: 2000, damping: 0.5}`)."""
+
+    solver: Literal["fixed_point", "anderson"] = "fixed_point"
+    damping: float = Field(1.0, gt=0, le=1)
+    max_steps: int = Field(1000, gt=0)
+    rtol: float | None = Field(None, gt=0)
+    atol: float | None = Field(None, gt=0)
+    memory: int = Field(5, gt=0)
+    step_size: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _anderson_only(self):
+        if self.explicit("memory") and self.solver != "anderson":
+            raise _PathError("memory", f"only used by anderson, not {self.solver}")
+        return self
+
+
 class LossConfig(_Strict):
     """`loss:` the per-step loss and the time weights `a_t`; `task` takes the
     task's own choice."""
@@ -303,6 +323,7 @@ class Config(_Strict):
     task: TaskConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     gradient: GradientConfig = Field(default_factory=GradientConfig)
+    equilibrium: EquilibriumConfig = Field(default_factory=EquilibriumConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -342,6 +363,11 @@ class Config(_Strict):
                 "gradient.name",
                 f"{g} differentiates a sequence; task {self.task.name} is an "
                 "equilibrium task: use implicit (or autodiff)",
+            )
+        if self.explicit("equilibrium") and self.task.name in SEQUENCE_TASKS:
+            raise _PathError(
+                "equilibrium",
+                f"only used by equilibrium tasks; {self.task.name} is a sequence task",
             )
         if g == "implicit" and self.task.name in SEQUENCE_TASKS:
             raise _PathError(
@@ -808,6 +834,11 @@ def dump_config(cfg: Config) -> dict:
             s.pop("decay_steps")
     if not data["distributed"]["enabled"]:
         data["distributed"] = False
+    if cfg.task.name in EQUILIBRIUM_TASKS or cfg.explicit("equilibrium"):
+        if data["equilibrium"]["solver"] != "anderson":
+            data["equilibrium"].pop("memory")
+    else:
+        data.pop("equilibrium")
     return data
 
 
@@ -832,11 +863,17 @@ def check_against_task(cfg: Config, task) -> None:
             )
         if cfg.model.dynamics in CELLS:
             pass
-    elif g == "implicit":
-        errors.append(
-            f"gradient.name: implicit gradients need a task with an equilibrium; "
-            f"{task.name} is a {kind} task (use autodiff, bptt or rtrl)"
-        )
+    else:
+        if g == "implicit":
+            errors.append(
+                f"gradient.name: implicit gradients need a task with an equilibrium; "
+                f"{task.name} is a {kind} task (use autodiff, bptt or rtrl)"
+            )
+        if cfg.explicit("equilibrium"):
+            errors.append(
+                f"equilibrium: only used by equilibrium tasks; {task.name} is a "
+                f"{kind} task"
+            )
     m = cfg.model
     if m.dynamics == "oscillator" and task.input_size != 1:
         errors.append(

@@ -52,7 +52,43 @@ _TRACES = {"chunk": 0, "online": 0}
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or its gradient became NaN or infinite; the run was stopped."""
+    """The loss or its gradient became NaN or infinite, or an iterative solve inside
+    it (an equilibrium, its adjoint) did not converge; the run was stopped."""
+
+
+_CONFIG_HINT = (
+    " In a config: the forward solve is the `equilibrium:` section "
+    "(equilibrium.max_steps, equilibrium.damping, equilibrium.solver=anderson, "
+    "equilibrium.step_size), the adjoint takes gradient.max_steps, gradient.damping "
+    "and gradient.tol."
+)
+
+
+def _solve_failed(e: Exception, step: int, run_dir, main: bool) -> TrainingDiverged:
+    """A `TrainingDiverged` from an `equinox.EquinoxRuntimeError` (a failed
+    `eqx.error_if` check, e.g. a non-converging equilibrium) raised near `step`;
+    writes the run's summary."""
+    text = str(e)
+    tag = "EquinoxRuntimeError: "
+    if tag in text:  # the message proper, without equinox's debugging advice
+        text = text[text.rindex(tag) + len(tag) :]
+    text = text.split("\n\n")[0].strip()
+    found = ckpt.list_checkpoints(run_dir)
+    where = (
+        f"the last good checkpoint is {found[0][1]} (step {found[0][0]})"
+        if found
+        else "no checkpoint had been written yet"
+    )
+    msg = (
+        f"training stopped after step {step}: {text}{_CONFIG_HINT} "
+        f"{where[0].upper()}{where[1:]}."
+    )
+    if main:
+        mt.write_summary(
+            run_dir,
+            {"status": "failed", "message": msg, "step": step, "run_dir": str(run_dir)},
+        )
+    return TrainingDiverged(msg)
 
 
 class First(eqx.Module):
@@ -247,6 +283,18 @@ def split_arrays(cfg: Config, task, split, dtype):
     return xs, ys, ws
 
 
+def build_equilibrium(cfg: Config) -> dict:
+    """The keyword arguments (`solver=`, `step_size=`) of `rnnode.equilibrium` from
+    the config's `equilibrium:` section."""
+    e = cfg.equilibrium
+    common = dict(rtol=e.rtol, atol=e.atol, max_steps=e.max_steps, damping=e.damping)
+    if e.solver == "anderson":
+        solver = rnnode.Anderson(memory=e.memory, **common)
+    else:
+        solver = rnnode.FixedPointIteration(**common)
+    return dict(solver=solver, step_size=e.step_size)
+
+
 def make_loss_fn(cfg: Config, task, gradient):
     """`loss(model, xs, ys, weights) -> scalar` for a batch."""
     per_step = (
@@ -262,8 +310,10 @@ def make_loss_fn(cfg: Config, task, gradient):
                 ]
             )
 
+        eq = build_equilibrium(cfg)
+
         def loss_fn(model, xs, ys, ws):
-            return eq_loss(model, xs[0], ys[0], loss=per_step, gradient=gradient)
+            return eq_loss(model, xs[0], ys[0], loss=per_step, gradient=gradient, **eq)
 
     else:
 
@@ -275,17 +325,17 @@ def make_loss_fn(cfg: Config, task, gradient):
     return loss_fn
 
 
-def predict(model, xs, *, kind: str):
-    """`(states, outputs)` of the model on time-major inputs `(T, N, m)`."""
-    return _predict(model, xs, kind)
+def predict(model, xs, *, kind: str, equilibrium: dict | None = None):
+    """`(states, outputs)` of the model on time-major inputs `(T, N, m)`;
+    `equilibrium`: keyword arguments of `rnnode.equilibrium` (`build_equilibrium`)."""
+    return _predict(model, xs, kind, equilibrium)
 
 
-def _rollout(model, xs, kind):
+def _rollout(model, xs, kind, eq=None):
     if kind == "equilibrium":
-        eq = rnnode.equilibrium
 
         def one(x):
-            h = eq(model, x)
+            h = rnnode.equilibrium(model, x, **(eq or {}))
             return h, model.output(h)
 
         hs, outs = jax.vmap(one)(xs[0])
@@ -305,8 +355,8 @@ def _loss_of(outputs, ys, ws, name):
 
 
 @eqx.filter_jit
-def _evaluate(model, xs, ys, ws, kind, name):
-    hs, outs = _rollout(model, xs, kind)
+def _evaluate(model, xs, ys, ws, kind, name, eq=None):
+    hs, outs = _rollout(model, xs, kind, eq)
     return hs, outs, _loss_of(outs, ys, ws, name)
 
 
@@ -748,7 +798,9 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
 
     def evaluate_now(p):
         model = setup.model_from(p)
-        hs, outs, test_loss = _evaluate(model, *test_data, task.kind, lname)
+        hs, outs, test_loss = _evaluate(
+            model, *test_data, task.kind, lname, build_equilibrium(cfg)
+        )
         outs_np = np.asarray(outs, dtype=np.float64)
         test_loss = float(test_loss)
         metrics = task.metrics(outs_np, task.test)
@@ -889,14 +941,17 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
                     bar.set_postfix(postfix)
             if step % tc.checkpoint_every == 0 or step == total:
                 save(params, opt_state, key, step, elapsed, extra)
+        # ---- final evaluation (inside: a failed solve is reported the same way)
+        test_loss, metrics, hs, outs = evaluate_now(params)
+    except eqx.EquinoxRuntimeError as e:
+        raise _solve_failed(e, step, run_dir, main) from None
     finally:
         if bar is not None:
             bar.close()
     loop_s = time.perf_counter() - t_loop
     elapsed = elapsed_before + loop_s
 
-    # ---- final evaluation, plots, summary
-    test_loss, metrics, hs, outs = evaluate_now(params)
+    # ---- plots, summary
     records = mt.read_metrics(run_dir) if main else []
     summary = {
         "status": "finished",
@@ -1056,7 +1111,7 @@ def evaluate(run_dir: str | Path) -> dict:
         dtype = _dtype(cfg)
         xs, ys, ws = split_arrays(cfg, task, task.test, dtype)
         _, outs, test_loss = _evaluate(
-            model, xs, ys, ws, task.kind, loss_name(cfg, task)
+            model, xs, ys, ws, task.kind, loss_name(cfg, task), build_equilibrium(cfg)
         )
         result = {
             "run_dir": str(run_dir),
