@@ -73,20 +73,27 @@ def _solve_failed(e: Exception, step: int, run_dir, main: bool) -> TrainingDiver
     if tag in text:  # the message proper, without equinox's debugging advice
         text = text[text.rindex(tag) + len(tag) :]
     text = text.split("\n\n")[0].strip()
-    found = ckpt.list_checkpoints(run_dir)
-    where = (
-        f"the last good checkpoint is {found[0][1]} (step {found[0][0]})"
-        if found
-        else "no checkpoint had been written yet"
-    )
+    where = _last_checkpoint(run_dir)
     msg = (
         f"training stopped after step {step}: {text}{_CONFIG_HINT} "
         f"{where[0].upper()}{where[1:]}."
     )
+    return _stopped(run_dir, main, "failed", msg, step)
+
+
+def _last_checkpoint(run_dir) -> str:
+    found = ckpt.list_checkpoints(run_dir)
+    if not found:
+        return "no checkpoint had been written yet"
+    return f"the last good checkpoint is {found[0][1]} (step {found[0][0]})"
+
+
+def _stopped(run_dir, main: bool, status: str, msg: str, step: int):
+    """Record a stopped run in its summary; the error to raise."""
     if main:
         mt.write_summary(
             run_dir,
-            {"status": "failed", "message": msg, "step": step, "run_dir": str(run_dir)},
+            {"status": status, "message": msg, "step": step, "run_dir": str(run_dir)},
         )
     return TrainingDiverged(msg)
 
@@ -892,28 +899,12 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
                     else "the gradient or the updated parameters stopped being "
                     f"finite (loss {losses[i]:.4g})"
                 )
-                found = ckpt.list_checkpoints(run_dir)
-                where = (
-                    f"the last good checkpoint is {found[0][1]} (step {found[0][0]})"
-                    if found
-                    else "no checkpoint had been written yet"
-                )
                 msg = (
-                    f"training stopped at step {bad_step}: {what}; {where}. "
-                    "Try a smaller optim.lr, optim.clip_norm, or a smaller "
-                    "model.integrator.dt"
+                    f"training stopped at step {bad_step}: {what}; "
+                    f"{_last_checkpoint(run_dir)}. Try a smaller optim.lr, "
+                    "optim.clip_norm, or a smaller model.integrator.dt"
                 )
-                if main:
-                    mt.write_summary(
-                        run_dir,
-                        {
-                            "status": "diverged",
-                            "message": msg,
-                            "step": bad_step,
-                            "run_dir": str(run_dir),
-                        },
-                    )
-                raise TrainingDiverged(msg)
+                raise _stopped(run_dir, main, "diverged", msg, bad_step)
             if main:
                 mt.write_losses(run_dir, step + 1, losses)
             losses_since_eval.extend(losses.tolist())
