@@ -101,8 +101,10 @@ MODELS = {"ctrnn": _ctrnn_model, "elman": _elman_model}
         (Implicit(), FixedPointIteration(max_steps=100)),
         (Implicit(), Anderson(max_steps=100)),
         (Unrolled(), FixedPointIteration(max_steps=100)),
+        # 50 = 6 segments of 8 steps + 2: the checkpointed loop's remainder too
+        (Unrolled(kind="checkpointed"), FixedPointIteration(max_steps=50)),
     ],
-    ids=["implicit-fp", "implicit-anderson", "unrolled-fp"],
+    ids=["implicit-fp", "implicit-anderson", "unrolled-fp", "unrolled-ckpt-fp"],
 )
 def test_analytic_half(gradient, solver):
     # x = 0.5 x + θ  →  x* = 2θ,  dx*/dθ = 2
@@ -115,6 +117,13 @@ def test_analytic_half(gradient, solver):
     assert float(f(cell)) == pytest.approx(1.4, abs=1e-10)
     g = eqx.filter_grad(f)(cell)
     assert float(g.theta) == pytest.approx(2.0, abs=1e-9)
+    if isinstance(gradient, Unrolled):  # forward mode through the loop as well
+        _, tangent = jax.jvp(
+            lambda th: f(eqx.tree_at(lambda c: c.theta, cell, th)),
+            (cell.theta,),
+            (jnp.ones_like(cell.theta),),
+        )
+        assert float(tangent) == pytest.approx(2.0, abs=1e-9)
 
 
 def test_analytic_continuous_linear_example():
