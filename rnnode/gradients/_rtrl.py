@@ -325,7 +325,7 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
     sequence = (inputs, targets, weights)
     if strategy.block > 1:
         carry = _block_scan(
-            plan, step, step_loss, params, leaves, carry, sequence, strategy.block
+            plan, step, step_loss, params, carry, sequence, strategy.block
         )
     elif sum(P.size for P in blocks) < _UNROLL_MIN_SIZE:
         carry, _ = jax.lax.scan(body, carry, sequence)
@@ -359,7 +359,7 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
     return total, (jax.tree_util.tree_unflatten(treedef, grads), g_h0)
 
 
-def _block_scan(plan, step, step_loss, params, leaves, carry, sequence, k):
+def _block_scan(plan, step, step_loss, params, carry, sequence, k):
     """`RTRL(block=k)`: the sequence in blocks of `k` steps, the sensitivities
     propagated once a block (Schmidhuber, 1992). A last, partial block is filled
     up with masked steps (zero weight, after every real step, so they change
