@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     from .train._config import ConfigError
-    from .train._loop import TrainingDiverged
+    from .train._loop import EvaluationFailed, TrainingDiverged
 
     handlers = {
         "train": _cmd_train,
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             _err(line)
         return EXIT_CONFIG
-    except TrainingDiverged as e:
+    except (TrainingDiverged, EvaluationFailed) as e:
         _err(str(e))
         return EXIT_DIVERGED
     except FileNotFoundError as e:

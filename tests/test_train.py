@@ -383,3 +383,41 @@ def test_non_converging_equilibrium_is_an_error_not_a_wrong_gradient(
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert (run / "config.yaml").is_file()
+
+
+def test_non_converging_adjoint_stops_training_cleanly(tmp_path, monkeypatch, capsys):
+    # The forward solve converges; the implicit adjoint `V = V J + a` is given one
+    # iteration, far from its tolerance.
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "steady_state", *STEADY, "gradient.max_steps=1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "Traceback" not in err
+    assert "training stopped after step 0" in err and "gradient.max_steps" in err
+    assert "adjoint" in err.lower(), err
+    run = tmp_path / "runs" / "steady_state"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "No checkpoint had been written yet" in summary["message"]
+
+
+def test_eval_of_a_non_converging_equilibrium_is_one_line_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "steady_state", *STEADY, "-q"]) == 0
+    run = tmp_path / "runs" / "steady_state"
+    assert main(["eval", str(run)]) == 0
+    before = (run / "eval.json").read_bytes()
+    capsys.readouterr()
+    # the same saved model, evaluated with a forward solve of 2 iterations
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert "max_steps: 1000" in text
+    config.write_text(text.replace("max_steps: 1000", "max_steps: 2", 1))
+    rc = main(["eval", str(run)])
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "did not reach its tolerance" in err and "equilibrium.max_steps" in err
+    assert (run / "eval.json").read_bytes() == before

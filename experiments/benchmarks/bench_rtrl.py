@@ -169,6 +169,7 @@ def speed_rows(sizes, T, repeats, peak, block=None):
         r["pct"] = 100 * r["gflops"] / peak[0]
         r["pct_best"] = 100 * r["gflops_min"] / peak[1]
         r["gflops_bare"] = flops / t["bare"][0] / 1e9
+        r["bound"] = t["jacfwd"][0] / t["bare"][0]
         rows.append(r)
         ms = {k: 1e3 * v[0] for k, v in t.items()}
         print(
@@ -382,8 +383,9 @@ def main():
         "",
         "| n | m | RTRL (ms) | RTRL generic (ms) | jacfwd (ms) | speedup "
         "| `RTRL(block=k)` (ms) | its speedup "
-        "| jax.grad (ms) | J P GFLOP/s | % of peak | bare J P GFLOP/s | max rel. diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| jax.grad (ms) | J P GFLOP/s | % of peak | bare J P GFLOP/s "
+        "| jacfwd / bare J P | max rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in speed:
         t = {k: (1e3 * a, 1e3 * b) for k, (a, b) in r["t"].items()}
@@ -396,14 +398,17 @@ def main():
             f"{r['speedup_block']:.1f}× | "
             f"{t['grad'][0]:.2f} | {r['gflops']:.1f} ({r['gflops_min']:.1f}) | "
             f"{r['pct']:.0f}% ({r['pct_best']:.0f}%) | {r['gflops_bare']:.1f} | "
-            f"{r['rel_diff']:.1e} |"
+            f"{r['bound']:.1f}× | {r['rel_diff']:.1e} |"
         )
     lines += [
         "",
         "`m`: the dynamics' parameters (`W`, `U`, `b`), the ones carrying "
         "sensitivities. GFLOP/s counts `2 n² m` flops per step for `J P`, over "
         "RTRL's whole gradient time; 'bare J P' is a `lax.scan` of the products "
-        "alone; % of peak: median/median (best/best). `RTRL(block=k)`: the "
+        "alone; % of peak: median/median (best/best). *jacfwd / bare J P*: the "
+        "most any per-step RTRL can gain over `jax.jacfwd` here, since it must do "
+        "these products (XLA:CPU runs each of them on one thread; see "
+        "`--cores 1`). `RTRL(block=k)`: the "
         "sensitivities propagated once every k steps (Schmidhuber 1992; the same "
         "gradient in `O(n³ + n m + n² m / k)` per step); the GFLOP/s columns are "
         "for per-step `RTRL()`. max rel. diff: the larger of RTRL's and "

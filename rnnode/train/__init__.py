@@ -21,6 +21,7 @@ from ._config import (
     validate_config as validate_config,
 )
 from ._loop import (
+    EvaluationFailed as EvaluationFailed,
     TrainingDiverged as TrainingDiverged,
     build_model as build_model,
     evaluate as evaluate,

@@ -64,15 +64,26 @@ _CONFIG_HINT = (
 )
 
 
+class EvaluationFailed(RuntimeError):
+    """`evaluate` could not compute a saved run's metrics: an iterative solve (an
+    equilibrium) did not converge on the test set. Nothing was written."""
+
+
+def _runtime_message(e: Exception) -> str:
+    """The message of an `equinox.EquinoxRuntimeError` (a failed `eqx.error_if`
+    check), without equinox's debugging advice."""
+    text = str(e)
+    tag = "EquinoxRuntimeError: "
+    if tag in text:
+        text = text[text.rindex(tag) + len(tag) :]
+    return text.split("\n\n")[0].strip()
+
+
 def _solve_failed(e: Exception, step: int, run_dir, main: bool) -> TrainingDiverged:
     """A `TrainingDiverged` from an `equinox.EquinoxRuntimeError` (a failed
     `eqx.error_if` check, e.g. a non-converging equilibrium) raised near `step`;
     writes the run's summary."""
-    text = str(e)
-    tag = "EquinoxRuntimeError: "
-    if tag in text:  # the message proper, without equinox's debugging advice
-        text = text[text.rindex(tag) + len(tag) :]
-    text = text.split("\n\n")[0].strip()
+    text = _runtime_message(e)
     where = _last_checkpoint(run_dir)
     msg = (
         f"training stopped after step {step}: {text}{_CONFIG_HINT} "
@@ -1095,20 +1106,42 @@ def load_run(run_dir: str | Path):
 
 def evaluate(run_dir: str | Path) -> dict:
     """The test metrics of a saved run's newest valid checkpoint; also written
-    to `RUN_DIR/eval.json`."""
+    to `RUN_DIR/eval.json`.
+
+    **Raises:** `FileNotFoundError` if there is no run or no usable checkpoint;
+    `EvaluationFailed` if the model's equilibrium does not converge on the test
+    set under the run's `equilibrium:` settings (then nothing is written, and an
+    earlier `eval.json` is left as it was).
+    """
     run_dir = Path(run_dir)
     model, cfg, task, step = _load_run(run_dir)
     with _x64_context(cfg):
         dtype = _dtype(cfg)
         xs, ys, ws = split_arrays(cfg, task, task.test, dtype)
-        _, outs, test_loss = _evaluate(
-            model, xs, ys, ws, task.kind, loss_name(cfg, task), build_equilibrium(cfg)
-        )
+        try:
+            _, outs, test_loss = _evaluate(
+                model,
+                xs,
+                ys,
+                ws,
+                task.kind,
+                loss_name(cfg, task),
+                build_equilibrium(cfg),
+            )
+            test_loss = float(test_loss)  # errors surface here at the latest
+        except eqx.EquinoxRuntimeError as e:
+            raise EvaluationFailed(
+                f"evaluating {run_dir} (step {step}) failed: {_runtime_message(e)} "
+                "The forward solve is the run's `equilibrium:` section in "
+                f"{run_dir / 'config.yaml'} (equilibrium.max_steps, "
+                "equilibrium.damping, equilibrium.solver=anderson, "
+                "equilibrium.step_size). Nothing was written."
+            ) from None
         result = {
             "run_dir": str(run_dir),
             "step": step,
             "task": task.name,
-            "test_loss": float(test_loss),
+            "test_loss": test_loss,
             "test": task.metrics(np.asarray(outs, dtype=np.float64), task.test),
             **_params_report(model, task),
         }
