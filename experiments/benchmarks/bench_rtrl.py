@@ -312,7 +312,7 @@ def stream_row(n, steps, chunk, lr):
     return row
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--T", type=int, default=100)
@@ -338,7 +338,7 @@ def main():
         "`jax.jacfwd` spreads over cores, RTRL's small products do not); the table "
         "goes to rtrl_<device>_<CORES>core.md",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.cores:  # before JAX starts its CPU client
         os.sched_setaffinity(0, set(range(args.cores)))
 
