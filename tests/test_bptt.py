@@ -9,45 +9,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _zoo import K, M, zoo_model
 
 import rnnode as rn
 
-T, B, M, K = 13, 3, 2, 2  # time steps, batch, input features, outputs
-
-
-def _model(name, key):
-    k1, k2, k3 = jr.split(key, 3)
-    if name == "ctrnn_euler":
-        dyn = rn.CTRNN(5, M, tau=[1.0, 2.0, 0.7, 1.3, 3.0], learn_tau=True, key=k1)
-        return rn.Model(dyn, rn.Euler(0.3), rn.Linear(5, K, key=k2))
-    if name == "ctrnn_rk4":
-        dyn = rn.CTRNN(4, M, gain=1.5, activation="softplus", key=k1)
-        return rn.Model(
-            dyn, rn.RK4(0.4, interpolation="linear"), rn.Linear(4, K, key=k2)
-        )
-    if name == "elman":
-        return rn.Model(rn.ElmanRNN(5, M, key=k1), None, rn.Linear(5, K, key=k2))
-    if name == "lstm":
-        return rn.Model(
-            rn.LSTM(3, M, forget_bias=1.0, key=k1), None, rn.Linear(3, K, key=k2)
-        )
-    if name == "gru":
-        return rn.Model(
-            rn.GRU(4, M, key=k1),
-            None,
-            rn.Linear(4, K, key=k2),
-            initial_state=0.3 * jr.normal(k3, (4,)),
-            learn_initial_state=True,
-        )
-    if name == "linear_heun":
-        dyn = rn.LinearExample(w=jnp.array([0.3, -0.2]), b=0.1, size=M)
-        return rn.Model(
-            dyn, rn.Heun(0.25, interpolation="linear"), rn.Linear(M, K, key=k2)
-        )
-    if name == "oscillator_rk4":
-        dyn = rn.DampedOscillator(mass=1.3, damping=0.4, stiffness=2.0)
-        return rn.Model(dyn, rn.RK4(0.2), rn.Linear(2, K, key=k2))
-    raise AssertionError(name)
+T, B = 13, 3  # time steps, batch (M inputs, K outputs: the zoo's)
 
 
 CASES = [
@@ -108,7 +74,7 @@ def _fd_rel_errors(f, params, grads, key, num=5, eps=1e-6):
 @pytest.mark.parametrize("name", CASES)
 def test_matches_autodiff_and_fd(name, getkey):
     # T = 13 and 4 checkpoints: 4 segments of 4 steps after 3 masked padding steps.
-    model = _model(name, getkey())
+    model = zoo_model(name, getkey())
     xs, ys, ws = _data(model, getkey())
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
@@ -132,7 +98,7 @@ def test_matches_autodiff_and_fd(name, getkey):
 
 def test_vmap_grad_and_grad_vmap(getkey):
     """The per-sequence custom VJP under `vmap(grad)` and `grad(vmap)`."""
-    model = _model("ctrnn_euler", getkey())
+    model = zoo_model("ctrnn_euler", getkey())
     xs, ys, ws = _data(model, getkey())
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
@@ -186,7 +152,7 @@ def _truncated_reference(model, xs, ys, ws, k):
 
 
 def test_truncated_equals_stop_gradient(getkey):
-    model = _model("gru", getkey())  # learnt initial state: gets the first chunk
+    model = zoo_model("gru", getkey())  # learnt initial state: gets the first chunk
     xs, ys, ws = _data(model, getkey(), batch=())
     params, static = eqx.partition(model, eqx.is_inexact_array)
     m = lambda p: eqx.combine(p, static)
@@ -273,7 +239,7 @@ def test_integer_targets_and_batch_weights(getkey):
 
 def test_adjoint_trajectory(getkey):
     """λ_t equals the gradient of the loss wrt an additive perturbation of h_t."""
-    model = _model("elman", getkey())
+    model = zoo_model("elman", getkey())
     xs, ys, ws = _data(model, getkey())
     h0 = 0.3 * jr.normal(getkey(), (B, model.state_size))
 
@@ -375,7 +341,7 @@ def test_bad_arguments(bad):
 
 
 def test_adjoint_trajectory_bad_arguments(getkey):
-    model = _model("elman", getkey())
+    model = zoo_model("elman", getkey())
     xs, ys, _ = _data(model, getkey(), batch=())
     with pytest.raises(ValueError, match="truncate"):
         rn.adjoint_trajectory(model, xs, ys, truncate=0)

@@ -9,45 +9,12 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from _zoo import K, M, zoo_model
 from jax.flatten_util import ravel_pytree
 
 import rnnode as rn
 
-T, M, K = 12, 2, 2  # time steps, input features, outputs
-
-
-def _model(name, key):
-    k1, k2 = jr.split(key)
-    if name == "ctrnn_euler":  # learnt time constants: the structured `log_tau` term
-        dyn = rn.CTRNN(5, M, tau=[1.0, 2.0, 0.7, 1.3, 3.0], learn_tau=True, key=k1)
-        return rn.Model(dyn, rn.Euler(0.3), rn.Linear(5, K, key=k2))
-    if name == "ctrnn_rk4":  # linear input interpolation: uses `x_next`
-        dyn = rn.CTRNN(4, M, gain=1.5, activation="softplus", key=k1)
-        return rn.Model(
-            dyn, rn.RK4(0.4, interpolation="linear"), rn.Linear(4, K, key=k2)
-        )
-    if name == "elman":
-        return rn.Model(rn.ElmanRNN(5, M, key=k1), None, rn.Linear(5, K, key=k2))
-    if name == "lstm":
-        return rn.Model(
-            rn.LSTM(3, M, forget_bias=1.0, key=k1), None, rn.Linear(3, K, key=k2)
-        )
-    if name == "gru":  # a learnt initial state: the `∂h/∂h0` sensitivity
-        init = 0.3 * jr.normal(k1, (4,))
-        return rn.Model(
-            rn.GRU(4, M, key=k1),
-            None,
-            rn.Linear(4, K, key=k2),
-            initial_state=init,
-            learn_initial_state=True,
-        )
-    if name == "linear_euler":
-        dyn = rn.LinearExample(w=jnp.array([0.3, -0.2]), b=0.1, size=2)
-        return rn.Model(dyn, rn.Euler(0.25))
-    if name == "oscillator_heun":
-        dyn = rn.DampedOscillator(mass=1.3, damping=0.4, stiffness=2.0)
-        return rn.Model(dyn, rn.Heun(0.2), rn.Linear(2, K, key=k2))
-    raise AssertionError(name)
+T = 12  # time steps (M inputs, K outputs: the zoo's)
 
 
 STRUCTURED = ["ctrnn_euler", "elman", "lstm", "gru"]
@@ -75,7 +42,7 @@ def _flat_loss(model, xs, ys, weights, gradient):
 
 @pytest.mark.parametrize("name", STRUCTURED + GENERIC_ONLY)
 def test_gradients_match_autodiff_and_finite_differences(name, getkey):
-    model = _model(name, getkey())
+    model = zoo_model(name, getkey())
     xs, ys, weights = _data(model, getkey())
     f_ref, flat = _flat_loss(model, xs, ys, weights, rn.Autodiff())
     strategies = [rn.RTRL(structured=False)]
@@ -110,7 +77,7 @@ def test_gradients_match_autodiff_and_finite_differences(name, getkey):
 
 
 def test_jit_vmap_grad_and_grad_of_batched_loss(getkey):
-    model = _model("ctrnn_euler", getkey())
+    model = zoo_model("ctrnn_euler", getkey())
     B = 3
     xs, ys, _ = _data(model, getkey(), batch=(B,))
     weights = jr.uniform(getkey(), (T, B))
@@ -147,7 +114,7 @@ def test_jit_vmap_grad_and_grad_of_batched_loss(getkey):
 
 @pytest.mark.parametrize("name, structured", [("gru", True), ("ctrnn_rk4", False)])
 def test_online_gradients_sum_to_the_sequence_gradient(name, structured, getkey):
-    model = _model(name, getkey())
+    model = zoo_model(name, getkey())
     xs, ys, weights = _data(model, getkey())
     rtrl = rn.RTRL(structured=structured)
     x_next = jnp.concatenate([xs[1:], xs[-1:]])
@@ -180,7 +147,7 @@ def test_online_gradients_sum_to_the_sequence_gradient(name, structured, getkey)
 
 def test_online_learning_with_optax_updates_every_step(getkey):
     """Real-time recurrent learning: an optax update after every step, jitted."""
-    model = _model("elman", getkey())
+    model = zoo_model("elman", getkey())
     rtrl = rn.RTRL()
     opt = optax.sgd(0.05)
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -269,7 +236,7 @@ def test_linear_example_reproduces_the_seed_pseudocode():
 
 
 def test_memory_does_not_grow_with_sequence_length(getkey):
-    model = _model("elman", getkey())
+    model = zoo_model("elman", getkey())
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
@@ -292,7 +259,7 @@ def test_unrolled_scan(getkey, monkeypatch):
     import rnnode.gradients._rtrl as rtrl_module
 
     monkeypatch.setattr(rtrl_module, "_UNROLL_MIN_SIZE", 0)
-    model = _model("elman", getkey())
+    model = zoo_model("elman", getkey())
     xs, ys, weights = _data(model, getkey())
 
     @eqx.filter_jit
@@ -314,7 +281,7 @@ def test_unrolled_scan(getkey, monkeypatch):
 def test_errors(getkey):
     with pytest.raises(ValueError, match="structured"):
         rn.RTRL(structured="yes")
-    osc = _model("oscillator_heun", getkey())
+    osc = zoo_model("oscillator_heun", getkey())
     xs, ys, _ = _data(osc, getkey())
     with pytest.raises(ValueError, match="no structured Jacobian"):
         eqx.filter_grad(
@@ -340,7 +307,7 @@ def test_errors(getkey):
         jax.grad(lambda x: rn.sequence_loss(osc, x, ys, gradient=rn.RTRL()))(xs)
 
     rtrl = rn.RTRL()
-    elman = _model("elman", getkey())
+    elman = zoo_model("elman", getkey())
     with pytest.raises(ValueError, match="rnnode.Model"):
         rtrl.init(elman.dynamics)
     with pytest.raises(ValueError, match="h0"):
