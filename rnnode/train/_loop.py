@@ -343,12 +343,6 @@ def make_loss_fn(cfg: Config, task, gradient):
     return loss_fn
 
 
-def predict(model, xs, *, kind: str, equilibrium: dict | None = None):
-    """`(states, outputs)` of the model on time-major inputs `(T, N, m)`;
-    `equilibrium`: keyword arguments of `rnnode.equilibrium` (`build_equilibrium`)."""
-    return _predict(model, xs, kind, equilibrium)
-
-
 def _rollout(model, xs, kind, eq=None):
     if kind == "equilibrium":
 
@@ -360,9 +354,6 @@ def _rollout(model, xs, kind, eq=None):
         return hs[None], outs[None]
     h0 = model.init_state().astype(xs.dtype)
     return model.rollout(xs, h0=h0)
-
-
-_predict = eqx.filter_jit(_rollout)
 
 
 def _loss_of(outputs, ys, ws, name):
