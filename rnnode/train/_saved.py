@@ -21,6 +21,7 @@ from ._build import (
     split_arrays,
 )
 from ._config import Config, parse_yaml, read_config_text, validate_config
+from ._environment import environment
 from ._run import _is_main, _params_report, _runtime_message
 from ._steps import _evaluate, make_online_chunk
 
@@ -130,6 +131,9 @@ def evaluate(run_dir: str | Path) -> dict:
             "test_loss": test_loss,
             "test": task.metrics(np.asarray(outs, dtype=np.float64), task.test),
             **_params_report(model, task),
+            # where this evaluation ran, and where the run was trained
+            "environment": environment(dtype=cfg.train.dtype, seed=cfg.train.seed),
+            "trained_environment": (mt.read_summary(run_dir) or {}).get("environment"),
         }
     if _is_main():
         ckpt.atomic_write_text(
