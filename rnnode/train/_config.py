@@ -14,6 +14,7 @@ import importlib.resources
 import inspect
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,16 @@ class _Strict(BaseModel):
     def explicit(self, name: str) -> bool:
         """Whether the key `name` was given (rather than defaulted)."""
         return name in self.model_fields_set
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections(cls, data):
+        # `schedule: null` (or `optim.schedule=null`) switches an optional
+        # section off: the same as leaving it out, i.e. its defaults
+        if isinstance(data, dict):
+            nulls = [k for k, v in data.items() if v is None and _is_section(cls, k)]
+            data = {k: v for k, v in data.items() if k not in nulls}
+        return data
 
 
 class TaskConfig(_Strict):
@@ -661,8 +672,14 @@ def parse_yaml(text: str, *, source: str = "config"):
         raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
 
 
-def parse_scalar(text: str):
-    """A command-line override's value, read as a YAML scalar."""
+def parse_scalar(text: str, annotation: Any = None):
+    """A command-line override's value, read as the type of the field it sets
+    (`annotation`, `None` if not known): the text as written for a string
+    field (`null` for an optional one is `None`), a YAML scalar otherwise."""
+    if annotation is str or annotation == (str | None):
+        if annotation is not str and text in _YAML_NULLS:
+            return None
+        return text
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506
     except yaml.YAMLError:
@@ -698,10 +715,42 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 break
             node = child
         if ok:
-            node[parts[-1]] = parse_scalar(value)
+            node[parts[-1]] = parse_scalar(value, _annotation(parts))
     if errors:
         raise ConfigError(errors)
     return raw
+
+
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    """Whether `key` of `model` is a section (a nested config with defaults)."""
+    field = model.model_fields.get(key)
+    if field is None or field.is_required():
+        return False
+    return isinstance(field.annotation, type) and issubclass(
+        field.annotation, BaseModel
+    )
+
+
+def _annotation(parts: list[str]) -> Any:
+    """The type of the config field at a dotted key path (`None` where it is
+    not a declared field, e.g. `model.options.*` or an optimiser's keyword)."""
+    model: Any = Config
+    annotation = None
+    for part in parts:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        # step into a section, also an optional one (`IntegratorConfig | None`)
+        members = typing.get_args(annotation) or (annotation,)
+        model = next(
+            (t for t in members if isinstance(t, type) and issubclass(t, BaseModel)),
+            None,
+        )
+    return annotation
 
 
 def builtin_config_dir() -> Path:
