@@ -50,14 +50,6 @@ DIFFRAX_SOLVERS = {
     "kvaerno4": "Kvaerno4",
     "kvaerno5": "Kvaerno5",
 }
-SCHEDULES = (
-    "constant",
-    "cosine",
-    "warmup_cosine",
-    "exponential",
-    "linear",
-    "warmup_constant",
-)
 # keyword arguments of a dynamics' constructor that the config sets itself
 _DYNAMICS_OWN_ARGS = {"hidden_size", "input_size", "key", "activation", "tau", "size"}
 
