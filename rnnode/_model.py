@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._dynamics import AbstractCell, AbstractDynamics, AbstractVectorField, _check_size
 from ._integrate import AbstractIntegrator
-from ._step_inputs import SequenceInputs, stacked
+from ._step_inputs import SequenceInputs
 
 
 class Linear(eqx.Module):
@@ -161,7 +161,10 @@ class Model(eqx.Module):
     ]:
         """The per-step arguments `(t, x, x_next)` of `step` for a whole sequence,
         as arrays of length `T` (`sequence_inputs` builds them one step at a time)."""
-        return stacked(self.sequence_inputs(xs, t0))
+        T = xs.shape[0]
+        ts = t0 + self.dt * jnp.arange(T, dtype=xs.dtype)
+        xs_next = jnp.concatenate([xs[1:], xs[-1:]], axis=0)
+        return ts, xs, xs_next
 
     def sequence_inputs(
         self, xs: Float[Array, "time input"], t0: float = 0.0

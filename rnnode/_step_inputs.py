@@ -49,11 +49,3 @@ def step_at(inputs: PyTree, i: Int[ArrayLike, ""]) -> PyTree:
     if isinstance(inputs, AbstractStepInputs):
         return inputs.at(i)
     return jax.tree.map(lambda x: x[i], inputs)
-
-
-def stacked(inputs: PyTree) -> PyTree:
-    """The inputs of all steps as a pytree with a leading time axis (an
-    `AbstractStepInputs` is built for every step; a pytree is returned as is)."""
-    if isinstance(inputs, AbstractStepInputs):
-        return jax.vmap(inputs.at)(jnp.arange(inputs.length()))
-    return inputs

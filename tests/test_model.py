@@ -112,6 +112,26 @@ def test_rollout_jit_vmap_match_python_loop(key, name):
     np.testing.assert_allclose(hs_vmap, hs, rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["ctrnn", "elman"])
+def test_sequence_inputs_equal_step_inputs(key, name):
+    """`sequence_inputs(xs).at(i)` (built inside a loop) is row `i` of the arrays
+    `step_inputs` builds (the inputs bit for bit, the time to rounding), also
+    under `jit` with a traced index."""
+    model = _models(key)[name]
+    xs = jr.normal(jr.fold_in(key, 3), (7, 2))
+    arrays = model.step_inputs(xs, 0.3)
+    lazy = model.sequence_inputs(xs, 0.3)
+    assert lazy.length() == 7
+    at = jax.jit(lambda i: lazy.at(i))
+    for i in range(7):
+        t, x, x_next = at(i)
+        np.testing.assert_allclose(t, arrays[0][i], rtol=1e-15)
+        np.testing.assert_array_equal(x, arrays[1][i])
+        np.testing.assert_array_equal(x_next, arrays[2][i])
+    np.testing.assert_array_equal(at(6)[2], xs[6])  # the last x_next is x_{T-1}
+    np.testing.assert_allclose(arrays[0][3], 0.3 + 3 * model.dt, rtol=1e-15)
+
+
 def test_rollout_given_and_learnable_initial_state(key):
     cell = rn.ElmanRNN(3, 1, key=key)
     h0 = jnp.array([0.1, -0.2, 0.3])
