@@ -43,6 +43,8 @@ from .gradients import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
     AbstractFixedPointSolver as AbstractFixedPointSolver,
     AbstractGradient as AbstractGradient,
+    AbstractStepInputs as AbstractStepInputs,
+    AbstractStepwiseGradient as AbstractStepwiseGradient,
     Anderson as Anderson,
     Autodiff as Autodiff,
     EquilibriumSolution as EquilibriumSolution,

@@ -1,8 +1,10 @@
 """Gradient methods: strategy objects passed as `gradient=` to `sequence_loss`."""
 
+from .._step_inputs import AbstractStepInputs as AbstractStepInputs
 from ._base import (
     AbstractBatchGradient as AbstractBatchGradient,
     AbstractGradient as AbstractGradient,
+    AbstractStepwiseGradient as AbstractStepwiseGradient,
     Autodiff as Autodiff,
 )
 from ._bptt import BPTT as BPTT, adjoint_trajectory as adjoint_trajectory
