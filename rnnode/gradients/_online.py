@@ -128,6 +128,7 @@ class AbstractTraceGradient(AbstractOnlineGradient):
         `loss(params, h, y)`)."""
 
     def loss(self, *, step, loss, params, h0, inputs, targets, weights):
+        self._validate(params)
         return _online_loss((params, h0, inputs, targets, weights), step, loss, self)
 
     def init(
@@ -153,7 +154,10 @@ class AbstractTraceGradient(AbstractOnlineGradient):
         if h0 is None:
             if model.learn_initial_state:
                 raise ValueError(_H0_MESSAGE.format(name=name))
+            params = jax.tree.leaves(eqx.filter(model.dynamics, eqx.is_inexact_array))
             h = model.init_state()
+            if params:  # zeros in the parameters' precision (float32 under x64)
+                h = h.astype(params[0].dtype)
         else:
             h = jnp.asarray(h0)
             if h.shape != (n,):
@@ -425,8 +429,9 @@ def feedback_signal(feedback: str, seed: int, params, dh, h, y, loss) -> Array:
         return loss(model, h, y)
 
     dl_do = jax.grad(shifted_loss)(delta)
-    B = jr.normal(jr.PRNGKey(seed), (out.shape[0], obs.shape[0]), obs.dtype)
-    B = B / np.sqrt(obs.shape[0])
+    # drawn in float32 whatever the precision, so float32 and float64 runs agree
+    B = jr.normal(jr.PRNGKey(seed), (out.shape[0], obs.shape[0]), jnp.float32)
+    B = (B / float(np.sqrt(obs.shape[0]))).astype(obs.dtype)
     (sig,) = observe_vjp((dl_do.astype(obs.dtype) @ B).astype(obs.dtype))
     return sig
 
