@@ -23,6 +23,7 @@ from rnnode.train import (
     load_run,
     train,
 )
+from rnnode.train._config import GRADIENTS as NEEDS
 from rnnode.train._run import _fresh_dir
 from rnnode.train._steps import _TRACES
 
@@ -350,16 +351,6 @@ SMALL = {
         "train.batch_size=16",
         "model.hidden_size=8",
     ],
-}
-NEEDS = {
-    "bptt": "BPTT",
-    "rtrl": "RTRL",
-    "implicit": "Implicit",
-    "snap": "SnAp",
-    "uoro": "UORO",
-    "kf_rtrl": "KFRTRL",
-    "rflo": "RFLO",
-    "eprop": "EProp",
 }
 
 
