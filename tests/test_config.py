@@ -174,10 +174,28 @@ BAD = [
         "gradient.name: uoro differentiates a sequence; task steady_state is an "
         "equilibrium task",
     ),
-    (  # a method on a model it does not cover: asked once the model is built
+    # a method on a model it does not cover: asked once the model is built
+    (
         ["gradient.name=rtrl", "gradient.structured=true", "model.integrator.name=rk4"],
-        "gradient.name: rtrl does not apply to ctrnn dynamics: `RTRL(structured=True)`: "
-        "no structured Jacobian for `CTRNN` with `RK4`",
+        "gradient.name: rtrl does not cover this model (ctrnn): "
+        "`RTRL(structured=True)`: no structured Jacobian for `CTRNN` with `RK4`",
+    ),
+    (
+        ["adding", "gradient.name=kf_rtrl", "train.online=true"],
+        "gradient.name: kf_rtrl does not cover this model (lstm): `KFRTRL` is defined "
+        "for `ElmanRNN` and `CTRNN` with `Euler`; got `LSTM`.",
+    ),
+    (
+        ["gradient.name=snap", "gradient.order=0"],
+        "gradient.order: snap: `SnAp(order=0)`",
+    ),
+    (
+        ["gradient.name=rflo", "gradient.feedback=sideways"],
+        "gradient.feedback: rflo: `RFLO(feedback='sideways')`",
+    ),
+    (
+        ["gradient.name=uoro", "gradient.sead=1"],
+        "gradient.sead: unknown option for uoro",
     ),
     (["task.options.num_stepz=3"], "task.options.num_stepz: unknown key"),
     (["task.options.num_steps=2.5"], "task.options.num_steps: must be an integer"),

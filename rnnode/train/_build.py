@@ -143,19 +143,16 @@ def check_gradient_applies(cfg: Config, gradient, model) -> None:
     **Raises:** `ConfigError`.
     """
     name = cfg.gradient.name
-    init = getattr(gradient, "init", None)
-    if init is None:
-        if cfg.train.online:
-            raise ConfigError(
-                [f"train.online: this installation's {name} has no online init/step"]
-            )
+    if not isinstance(gradient, rnnode.AbstractOnlineGradient):
+        if cfg.train.online:  # the config allows only online names
+            raise AssertionError(f"{name} is not an online method")
         return
     try:
-        eqx.filter_eval_shape(init, model)
+        eqx.filter_eval_shape(gradient.init, model)
     except ValueError as e:
         d = cfg.model.dynamics
         raise ConfigError(
-            [f"gradient.name: {name} does not apply to {d} dynamics: {_one_line(e)}"]
+            [f"gradient.name: {name} does not cover this model ({d}): {_one_line(e)}"]
         ) from None
 
 

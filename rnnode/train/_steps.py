@@ -12,8 +12,6 @@ the run stops with `TrainingDiverged`.
 
 from __future__ import annotations
 
-import inspect
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -136,7 +134,7 @@ def make_online_chunk(
         model = eqx.combine(params, static)
         h0 = None if model.learn_initial_state else model.init_state().astype(dtype)
         keys = jr.split(key, batch[0].shape[1])
-        return jax.vmap(lambda k: _online_init(method, model, h0, k))(keys)
+        return jax.vmap(lambda k: method.init(model, h0, key=k))(keys)
 
     def one_step(carry, data):
         params, opt_state, key, bad, stream, rstate, t = carry
@@ -195,12 +193,6 @@ def states_key(key):
     """The key that starts the online states of the streams drawn with `key`
     (folded in, so that the draws themselves are as they always were)."""
     return jr.fold_in(key, 1)
-
-
-def _online_init(method, model, h0, key):
-    if "key" in inspect.signature(method.init).parameters:
-        return method.init(model, h0, key=key)
-    return method.init(model, h0)  # exact RTRL before the shared online base
 
 
 # ------------------------------------------------------------- evaluation
