@@ -30,12 +30,23 @@ from pydantic import (
 DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru")
 VECTOR_FIELDS = ("ctrnn", "linear", "oscillator")
 CELLS = ("elman", "lstm", "gru")
+# gradient names → rnnode class names; a class's keyword arguments are the
+# `gradient:` section's options
 GRADIENTS = {
     "autodiff": "Autodiff",
     "bptt": "BPTT",
     "rtrl": "RTRL",
     "implicit": "Implicit",
+    "snap": "SnAp",
+    "uoro": "UORO",
+    "kf_rtrl": "KFRTRL",
+    "rflo": "RFLO",
+    "eprop": "EProp",
 }
+# the methods with an online `init` / `step` (for `train.online: true`)
+ONLINE_GRADIENTS = ("rtrl", "snap", "uoro", "kf_rtrl", "rflo", "eprop")
+# the methods that differentiate an equilibrium (the rest differentiate a sequence)
+EQUILIBRIUM_GRADIENTS = ("autodiff", "implicit")
 DIFFRAX_SOLVERS = {
     "euler": "Euler",
     "heun": "Heun",
@@ -58,7 +69,16 @@ SCHEDULES = (
     "warmup_constant",
 )
 # keyword arguments of a dynamics' constructor that the config sets itself
-_DYNAMICS_OWN_ARGS = {"hidden_size", "input_size", "key", "activation", "tau", "size"}
+_DYNAMICS_OWN_ARGS = {
+    "hidden_size",
+    "input_size",
+    "key",
+    "activation",
+    "tau",
+    "size",
+    "density",
+    "form",
+}
 
 
 class ConfigError(ValueError):
@@ -133,6 +153,8 @@ class ModelConfig(_Strict):
         "tanh"
     )
     tau: float = Field(1.0, gt=0)
+    form: Literal["current", "rate"] = "current"
+    density: float = Field(1.0, gt=0, le=1)
     integrator: IntegratorConfig | None = None
     readout: Literal["linear", "none", "first"] = "linear"
     learn_initial_state: bool = False
@@ -156,8 +178,13 @@ class ModelConfig(_Strict):
             )
         if d in ("linear", "oscillator", "lstm", "gru") and self.explicit("activation"):
             raise _PathError("activation", f"not used by {d} dynamics")
-        if d != "ctrnn" and self.explicit("tau"):
-            raise _PathError("tau", f"only used by ctrnn dynamics, not {d}")
+        for key in ("tau", "form"):
+            if d != "ctrnn" and self.explicit(key):
+                raise _PathError(key, f"only used by ctrnn dynamics, not {d}")
+        if d not in ("ctrnn", "elman") and self.explicit("density"):
+            raise _PathError(
+                "density", f"only used by ctrnn and elman dynamics, not {d}"
+            )
         _check_kwargs(
             self.options,
             _dynamics_signature(d),
@@ -175,7 +202,7 @@ class GradientConfig(_Strict):
     model_config = ConfigDict(
         extra="allow", strict=True, allow_inf_nan=False, validate_default=True
     )
-    name: Literal["autodiff", "bptt", "rtrl", "implicit"] = "autodiff"
+    name: Literal[tuple(GRADIENTS)] = "autodiff"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -190,7 +217,12 @@ class GradientConfig(_Strict):
         try:
             cls(**self.options)
         except Exception as e:  # noqa: BLE001 - report the constructor's message
-            raise ValueError(f"{self.name}: {_one_line(e)}") from None
+            msg = f"{self.name}: {_one_line(e)}"
+            # name the key when the message is about exactly one of the options
+            named = [k for k in self.options if re.search(rf"\b{k}\b", msg)]
+            if len(named) == 1:
+                raise _PathError(named[0], msg) from None
+            raise ValueError(msg) from None
         return self
 
 
@@ -352,13 +384,13 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _combinations(self):
         g = self.gradient.name
-        if self.train.online and g != "rtrl":
+        if self.train.online and g not in ONLINE_GRADIENTS:
             raise _PathError(
                 "train.online",
                 f"online training updates the weights at every time step and needs "
-                f"gradient.name: rtrl, got {g}",
+                f"an online gradient.name ({', '.join(ONLINE_GRADIENTS)}), got {g}",
             )
-        if self.task.name in EQUILIBRIUM_TASKS and g in ("bptt", "rtrl"):
+        if self.task.name in EQUILIBRIUM_TASKS and g not in EQUILIBRIUM_GRADIENTS:
             raise _PathError(
                 "gradient.name",
                 f"{g} differentiates a sequence; task {self.task.name} is an "
@@ -727,6 +759,10 @@ def resolve_config_path(name: str | Path | None) -> Path:
     if stem in builtins and (p.parent == Path(".") or not p.exists()):
         if p.parent == Path(".") or not p.parent.exists():
             return builtins[stem]
+    if p.exists():
+        raise ConfigError(
+            [f"config: {str(name)!r} is a directory, not a config file (YAML)"]
+        )
     choices = ", ".join(builtins) or "none"
     close = difflib.get_close_matches(stem, list(builtins), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -736,6 +772,28 @@ def resolve_config_path(name: str | Path | None) -> Path:
             f"built-ins: {choices}"
         ]
     )
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file.
+
+    **Raises:** `ConfigError` if the file cannot be read (a directory, no
+    permission) or is not UTF-8 text (a binary file passed by mistake).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError([f"config: cannot read {str(path)!r}: {why}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [
+                f"config: {str(path)!r} is not a text file (byte 0x{data[e.start]:02x} "
+                f"at offset {e.start} is not UTF-8); a config is a YAML file"
+            ]
+        ) from None
 
 
 def validate_config(raw: Any, *, name: str | None = None) -> Config:
@@ -787,11 +845,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     **Raises:** `ConfigError` (one line per problem) if anything is wrong.
     """
     p = resolve_config_path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError([f"config: cannot read {str(p)!r}: {e.strerror}"]) from None
-    raw = parse_yaml(text, source=str(p)) or {}
+    raw = parse_yaml(read_config_text(p), source=str(p)) or {}
     if not isinstance(raw, dict):
         raise ConfigError([f"config: {p} must be a mapping of keys, got {_show(raw)}"])
     raw = apply_overrides(raw, list(overrides))
@@ -815,6 +869,9 @@ def dump_config(cfg: Config) -> dict:
         m.pop("activation")
     if d != "ctrnn":
         m.pop("tau")
+        m.pop("form")
+    if d not in ("ctrnn", "elman"):
+        m.pop("density")
     if m["integrator"] is None:
         m.pop("integrator")
     elif m["integrator"]["name"] != "diffrax":
@@ -852,7 +909,7 @@ def check_against_task(cfg: Config, task) -> None:
     kind = getattr(task, "kind", "sequence")
     g = cfg.gradient.name
     if kind == "equilibrium":
-        if g in ("bptt", "rtrl"):
+        if g not in EQUILIBRIUM_GRADIENTS:
             errors.append(
                 f"gradient.name: {g} differentiates a sequence; task {task.name} is "
                 "an equilibrium task: use implicit (or autodiff)"
