@@ -390,20 +390,6 @@ def check_cell(method: str, params, cells: tuple, hint: str) -> None:
 ALL_CELLS = (ElmanRNN, CTRNN, LSTM, GRU)
 
 
-def recurrent_mask_of(dynamics) -> np.ndarray | None:
-    """The fixed connectivity mask of a sparse recurrent network (`None`: dense)."""
-    mask = getattr(dynamics, "mask", None)
-    return None if mask is None else np.asarray(mask.array, dtype=bool)
-
-
-def masked(params, name: str, g: Array) -> Array:
-    """`g` with the entries outside the recurrent mask zeroed (for `W`)."""
-    mask = recurrent_mask_of(params.dynamics)
-    if mask is None or name != "W":
-        return g
-    return g * jnp.asarray(mask, g.dtype)
-
-
 def feedback_signal(feedback: str, seed: int, params, dh, h, y, loss) -> Array:
     """The learning signal `L_t` mapped to the state: `∂l_t/∂h_t` itself
     (`"symmetric"`: the true readout weights), or `Bᵀ ∂l_t/∂o_t` pushed through
