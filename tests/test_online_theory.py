@@ -73,7 +73,7 @@ def test_snap1_is_exact_for_a_diagonal_recurrence(cell, getkey):
 
 def test_snap2_on_a_sparse_network(getkey):
     """On a 30 %-dense Elman network SnAp-2 stores only the units two steps reach
-    (fewer than n per column), is exact for sequences of two steps (nothing has
+    (fewer than n per weight row) and only the weights that exist, is exact for sequences of two steps (nothing has
     left the pattern yet), and only an approximation afterwards."""
     n = 8
     dyn = rn.ElmanRNN(n, M, density=0.3, key=getkey())
@@ -81,8 +81,10 @@ def test_snap2_on_a_sparse_network(getkey):
     mask = np.asarray(dyn.mask.array)
     state = rn.SnAp(order=2).init(model)
     reach = (mask | np.eye(n, dtype=bool)).sum(axis=0).max()
-    assert state.trace["W"].shape == (reach, n, n) and reach < n
-    assert rn.SnAp(order=1).init(model).trace["W"].shape == (1, n, n)
+    row = mask.sum(axis=1).max()  # the most connections into one unit
+    assert state.trace["W"].shape == (reach, n, row) and reach < n and row < n
+    assert rn.SnAp(order=1).init(model).trace["W"].shape == (1, n, row)
+    assert rn.RFLO().init(model).trace["W"].shape == (1, n, row)
     xs, ys = data(getkey, 2)
     np.testing.assert_allclose(
         flat(grad(model, xs, ys, rn.SnAp(order=2))),
