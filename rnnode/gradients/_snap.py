@@ -102,12 +102,15 @@ class Layout(NamedTuple):
       padding (`valid is None`: all are).
     - `cols`, `cvalid` `(q, L)`: for a masked `W`, the columns `l` of row `j` that
       are connections, padded to the longest row (`None`: all `k` columns).
+    - `dense`: every row keeps every state unit (SnAp-2 on a dense network), in
+      their natural order, so that `J P` is one matrix product (as in `RTRL`).
     """
 
     idx: np.ndarray
     valid: np.ndarray | None
     cols: np.ndarray | None
     cvalid: np.ndarray | None
+    dense: bool = False  # every unit is kept, in order: `J P` is a plain product
 
 
 def unit_layout(params, name: str, rows: np.ndarray, order: int) -> Layout:
@@ -135,6 +138,10 @@ def unit_layout(params, name: str, rows: np.ndarray, order: int) -> Layout:
     for a in range(A):  # the driven units first, in their order
         prio[rows[a], np.arange(q)] = 2 + A - a
     R = int(np.max(np.sum(prio > 0, axis=0)))
+    if R == n and np.all(prio > 0):
+        return Layout(
+            np.broadcast_to(np.arange(n)[:, None], (n, q)), None, cols, cvalid, True
+        )
     idx = np.argsort(-prio, axis=0, kind="stable")[:R]
     valid = np.take_along_axis(prio, idx, axis=0) > 0
     return Layout(idx, valid, cols, cvalid)
@@ -161,10 +168,13 @@ def advance_unit_traces(params, J, imm, traces, order):
         r = imm[name]
         lay = layouts[name] = unit_layout(params, name, r.rows, order)
         idx, valid = lay.idx, lay.valid
-        Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
-        if valid is not None:
-            Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
-        JP = jnp.einsum("abq,bq...->aq...", Jg.astype(P.dtype), P)
+        if lay.dense:
+            JP = jnp.tensordot(J.astype(P.dtype), P, axes=1)
+        else:
+            Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
+            if valid is not None:
+                Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
+            JP = jnp.einsum("abq,bq...->aq...", Jg.astype(P.dtype), P)
         if r.v is None:
             upd = r.vals
         elif lay.cols is None:
@@ -172,7 +182,13 @@ def advance_unit_traces(params, J, imm, traces, order):
         else:  # v[l] for the connections l of each row
             v = r.v[lay.cols] * jnp.asarray(lay.cvalid, r.v.dtype)
             upd = r.vals[..., None] * v[None]
-        out[name] = JP.at[: r.rows.shape[0]].add(upd.astype(P.dtype))
+        if lay.dense:  # the driven units are rows `r.rows`, not the first slots
+            q = np.arange(r.rows.shape[1])
+            for a in range(r.rows.shape[0]):
+                JP = JP.at[r.rows[a], q].add(upd[a].astype(P.dtype))
+            out[name] = JP
+        else:
+            out[name] = JP.at[: r.rows.shape[0]].add(upd.astype(P.dtype))
     return out, layouts
 
 
@@ -182,10 +198,13 @@ def unit_gradient(params, traces, layouts, dh):
     out = {}
     for name, P in traces.items():
         lay = layouts[name]
-        lam = dh[lay.idx]
-        if lay.valid is not None:
-            lam = lam * jnp.asarray(lay.valid, lam.dtype)
-        g = jnp.einsum("aq,aq...->q...", lam.astype(P.dtype), P)
+        if lay.dense:
+            g = jnp.tensordot(dh.astype(P.dtype), P, axes=1)
+        else:
+            lam = dh[lay.idx]
+            if lay.valid is not None:
+                lam = lam * jnp.asarray(lay.valid, lam.dtype)
+            g = jnp.einsum("aq,aq...->q...", lam.astype(P.dtype), P)
         if lay.cols is not None:  # back to the weight's shape, zero off the mask
             g = g * jnp.asarray(lay.cvalid, g.dtype)
             full = jnp.zeros(params.dynamics.W.shape, g.dtype)
