@@ -2,6 +2,7 @@
 whole-sequence `loss` path agree, float32 / float64, batched and unbatched, under
 `jit` and `vmap`, and bad input gives a clear error."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -198,10 +199,12 @@ def test_errors(getkey):
 
 
 def test_uoro_covers_any_step(getkey):
-    """UORO needs only JVPs and VJPs: an RK4-stepped CTRNN works, online and as a
-    sequence gradient, and the two agree."""
+    """UORO needs only JVPs and VJPs: a CTRNN integrated by diffrax works (`J h̃`
+    by VJPs there: a diffrax solve has no JVP), online and as a sequence
+    gradient, and the two agree."""
+    integrator = rn.Diffrax(0.2, solver=diffrax.Tsit5())
     model = rn.Model(
-        rn.CTRNN(3, M, key=getkey()), rn.RK4(0.2), rn.Linear(3, K, key=getkey())
+        rn.CTRNN(3, M, key=getkey()), integrator, rn.Linear(3, K, key=getkey())
     )
     xs, ys = jr.normal(getkey(), (T, M)), jr.normal(getkey(), (T, K))
     g = eqx.filter_grad(lambda m: rn.sequence_loss(m, xs, ys, gradient=rn.UORO()))(

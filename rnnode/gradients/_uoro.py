@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._integrate import Diffrax
 from .._model import Model
 from ._online import AbstractTraceGradient, _rebuild, check_seed
 from ._rtrl import _in_dynamics, _in_integrator
@@ -26,8 +27,9 @@ class UORO(AbstractTraceGradient):
     `ν`, and `β₀` is even in `ν`, so both keep the estimate unbiased).
 
     `J h̃` is one JVP and `νᵀ ∂step/∂θ` one VJP of the step, so UORO works for any
-    cell and integrator (`Diffrax` included) and any parameters of the step: time
-    about three steps' worth, memory `O(n + m)`. The estimate is noisy (its
+    cell and integrator and any parameters of the step: time about three steps'
+    worth, memory `O(n + m)`. (A `Diffrax` solve has no JVP: there `J h̃` takes
+    `n` VJPs.) The estimate is noisy (its
     variance grows with `n` and the sequence length).
 
     Its randomness comes from the key in the online state (`init(model, key=...)`);
@@ -64,7 +66,14 @@ class UORO(AbstractTraceGradient):
             return step(_rebuild(treedef, leaves, idx, sub), h, inp)
 
         sub = [leaves[i] for i in idx]
-        h_new, Jh = jax.jvp(lambda h: f(h, sub), (h,), (h_tilde.astype(h.dtype),))
+        h_tilde = h_tilde.astype(h.dtype)
+        if isinstance(params, Model) and isinstance(params.integrator, Diffrax):
+            # a diffrax solve has a custom VJP and no JVP: `J` row by row
+            h_new, vjp_h = jax.vjp(lambda h: f(h, sub), h)
+            eye = jnp.eye(h_new.shape[0], dtype=h_new.dtype)
+            Jh = jax.vmap(lambda e: vjp_h(e)[0])(eye) @ h_tilde
+        else:
+            h_new, Jh = jax.jvp(lambda h: f(h, sub), (h,), (h_tilde,))
         _, vjp = jax.vjp(lambda s: f(h, s), sub)
         nu = jr.rademacher(key, h_new.shape, dtype=h_new.dtype)
         (dtheta,) = vjp(nu)
