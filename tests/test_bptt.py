@@ -151,8 +151,9 @@ def _truncated_reference(model, xs, ys, ws, k):
     return l1 + jnp.sum(ls)
 
 
-def test_truncated_equals_stop_gradient(getkey):
-    model = zoo_model("gru", getkey())  # learnt initial state: gets the first chunk
+@pytest.mark.parametrize("name", ["gru", "ctrnn_rate_sparse"])
+def test_truncated_equals_stop_gradient(name, getkey):
+    model = zoo_model(name, getkey())  # gru: a learnt initial state, the first chunk
     xs, ys, ws = _data(model, getkey(), batch=())
     params, static = eqx.partition(model, eqx.is_inexact_array)
     m = lambda p: eqx.combine(p, static)
