@@ -175,9 +175,10 @@ def _signal(V, o, y, B):
 
 
 def _feedback_matrix(seed, out, n):
-    """The documented random feedback: N(0, 1/n) from jr.PRNGKey(seed), float32."""
-    B = jr.normal(jr.PRNGKey(seed), (out, n), jnp.float32)
-    return _np(B) / np.sqrt(n)
+    """The documented random feedback: uniform on ±√(3/n) from jr.PRNGKey(seed),
+    drawn in float32."""
+    bound = float(np.sqrt(3.0 / n))
+    return _np(jr.uniform(jr.PRNGKey(seed), (out, n), jnp.float32, -bound, bound))
 
 
 @pytest.mark.parametrize("feedback", ["symmetric", "random"])

@@ -35,7 +35,7 @@ class EProp(AbstractTraceGradient):
 
     The learning signal is `L_t = ∂l_t/∂h_t` (`feedback="symmetric"`, the true
     readout weights) or `Bᵀ ∂l_t/∂o_t` with a fixed random `B` of the readout's
-    shape, entries `N(0, 1/n)` (`n` observed units), drawn from
+    shape, entries uniform on `±√(3/n)` (variance `1/n`, `n` observed units), drawn from
     `jr.PRNGKey(seed)` (`feedback="random"`). The readout's own gradient is exact.
     One (LSTM: two) numbers per parameter, time `O(m)` per step besides the step.
     Biased.

@@ -394,7 +394,7 @@ def feedback_signal(feedback: str, seed: int, params, dh, h, y, loss) -> Array:
     """The learning signal `L_t` mapped to the state: `∂l_t/∂h_t` itself
     (`"symmetric"`: the true readout weights), or `Bᵀ ∂l_t/∂o_t` pushed through
     `observe` with a fixed random `B` of the readout's shape `(out, observed)`,
-    entries `N(0, 1/observed)` drawn from `jr.PRNGKey(seed)` (`"random"`)."""
+    entries uniform on `±√(3/observed)` (variance `1/observed`) drawn from `jr.PRNGKey(seed)` (`"random"`)."""
     if feedback == "symmetric":
         return dh
     obs, observe_vjp = jax.vjp(params.dynamics.observe, h)
@@ -415,9 +415,12 @@ def feedback_signal(feedback: str, seed: int, params, dh, h, y, loss) -> Array:
         return loss(model, h, y)
 
     dl_do = jax.grad(shifted_loss)(delta)
-    # drawn in float32 whatever the precision, so float32 and float64 runs agree
-    B = jr.normal(jr.PRNGKey(seed), (out.shape[0], obs.shape[0]), jnp.float32)
-    B = (B / float(np.sqrt(obs.shape[0]))).astype(obs.dtype)
+    # uniform bits in float32 whatever the precision (no transcendental functions),
+    # so float32 and float64, jitted and eager runs use the very same matrix
+    bound = float(np.sqrt(3.0 / obs.shape[0]))
+    shape = (out.shape[0], obs.shape[0])
+    B = jr.uniform(jr.PRNGKey(seed), shape, jnp.float32, -bound, bound)
+    B = B.astype(obs.dtype)
     (sig,) = observe_vjp((dl_do.astype(obs.dtype) @ B).astype(obs.dtype))
     return sig
 

@@ -26,7 +26,7 @@ class RFLO(AbstractTraceGradient):
     - `feedback="symmetric"` (default): `L_t = ∂l_t/∂h_t = Vᵀ ∂l_t/∂o_t`, the
       true readout weights;
     - `feedback="random"`: `L_t = Bᵀ ∂l_t/∂o_t` with a fixed random `B` of the
-      readout's shape, entries `N(0, 1/n)` (`n` observed units), drawn from
+      readout's shape, entries uniform on `±√(3/n)` (variance `1/n`, `n` observed units), drawn from
       `jr.PRNGKey(seed)` (Murray's random feedback).
 
     The readout's own gradient is exact. One number per parameter, time `O(m)` per
