@@ -8,14 +8,20 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._integrate import Diffrax, _input_at
 from .._losses import mse
 from .._model import Model
 from .._step_inputs import step_at
 from ._base import AbstractStepwiseGradient, scan_loss
-from ._rtrl_structured import add_immediate, has_structure, structured_jacobians
+from ._online import AbstractOnlineGradient
+from ._rtrl_structured import (
+    add_immediate,
+    has_structure,
+    mask_gradient,
+    structured_jacobians,
+)
 
 
 class RTRLState(eqx.Module):
@@ -35,7 +41,7 @@ class RTRLState(eqx.Module):
     t: Float[Array, ""]
 
 
-class RTRL(AbstractStepwiseGradient):
+class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
     """Real-time recurrent learning (Williams & Zipser, 1989): forward sensitivities.
 
     Along with the state it carries `P_t = ∂h_t/∂θ` for every parameter,
@@ -52,7 +58,9 @@ class RTRL(AbstractStepwiseGradient):
       only the units its row drives (`∂h_i/∂W_jk = φ'(z_i) δ_ij h_k` for Elman), so
       the immediate term is scattered into `J P` and no one-hot tangent is pushed
       through a dense product. The readout and a fixed initial state carry no
-      sensitivity at all.
+      sensitivity at all. Both forms of the `CTRNN` are covered; for a sparse
+      `W` (`density < 1`) the sensitivities of the missing connections ride along
+      (they never feed `J_t`) and their gradient is set to zero.
     - **Generic path** (any step): `J_t` and `∂step/∂θ` from `n` vector-Jacobian
       products of the step (`jax.vmap(jax.vjp)` over the state basis), then one
       dense `J P` product. `n` VJPs are cheaper than `m` JVPs since `m ≫ n`.
@@ -126,14 +134,17 @@ class RTRL(AbstractStepwiseGradient):
         model: Model,
         h0: Float[ArrayLike, " state"] | None = None,
         *,
+        key: PRNGKeyArray | None = None,
         t0: float = 0.0,
     ) -> RTRLState:
         """Start an online run: the state `h0` (default `model.init_state()`) and
         zero sensitivities (the identity for a learnt initial state when `h0` is
-        not given).
+        not given). `key` is accepted for the common online interface and unused
+        (RTRL is deterministic).
 
         **Returns:** an `RTRLState` for `RTRL.step`.
         """
+        del key
         _check_model(model, "init")
         method = _method(self.structured, model)
         n = model.state_size
@@ -240,6 +251,7 @@ class RTRL(AbstractStepwiseGradient):
         for i, P in zip(tracked, blocks, strict=True):
             grads[i] = grads[i] + jnp.tensordot(dh, P, axes=1)
             new_blocks[i] = P
+        grads = _mask_sparse(model, paths, grads)
         grads = [None if g is None else weight * g for g in grads]
         new_state = RTRLState(
             h=h,
@@ -364,6 +376,7 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
             g_h0 = g
         else:
             grads[i] = grads[i] + g
+    grads = _mask_sparse(params, paths, grads)
     return total, (jax.tree_util.tree_unflatten(treedef, grads), g_h0)
 
 
@@ -600,6 +613,20 @@ def _method(structured, params) -> str:
             "`RTRL(structured='auto')` for the generic path"
         )
     return "generic"
+
+
+def _mask_sparse(params, paths, grads):
+    """Zero the gradient of a sparse `W` off its mask: the structured immediate
+    Jacobian carries sensitivities of the missing connections too (harmless,
+    since they never feed `J`), and here they are dropped."""
+    if not isinstance(params, Model):
+        return grads
+    return [
+        g
+        if g is None or not _in_dynamics(p)
+        else mask_gradient(params.dynamics, _field(p, 1), g)
+        for p, g in zip(paths, grads, strict=True)
+    ]
 
 
 def _immediate_of(plan, i, imm):
