@@ -290,6 +290,13 @@ SMALL = {
         "train.batch_size=64",
         "model.hidden_size=8",
     ],
+    "add_online": [
+        "task.options.num_steps=12",
+        "task.options.num_train=2",
+        "task.options.num_test=1",
+        "train.batch_size=2",
+        "model.hidden_size=8",
+    ],
     "steady_state": [
         "task.options.num_train=16",
         "task.options.num_test=8",

@@ -1,0 +1,193 @@
+"""Gradient quality as an instrument (`rnnode.analysis.gradient_alignment`, `rnnode
+analyse --what alignment`), the Add task's online config, and the online study and
+benchmark scripts run on tiny sizes (nothing here is timed)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import rnnode as rn
+from rnnode import analysis as an
+from rnnode.cli import main
+from rnnode.train import load_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _problem(getkey, *, T=12, B=3, cell="elman"):
+    if cell == "elman":
+        dynamics, integrator = rn.ElmanRNN(5, 3, key=getkey()), None
+    else:
+        dynamics, integrator = rn.CTRNN(5, 3, gain=1.5, key=getkey()), rn.RK4(0.1)
+    model = rn.Model(dynamics, integrator, rn.Linear(5, 2, key=getkey()))
+    xs = jr.normal(getkey(), (T, B, 3))
+    ys = jr.normal(getkey(), (T, B, 2))
+    return model, xs, ys
+
+
+def _truncated_gradients(model, xs, ys, weights):
+    """Per sequence, the gradient that `BPTT(truncate=1)` should give, written
+    out directly: each step's loss reaches back through its own step only (the
+    state entering it is a constant)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def one(x, y, w):
+        def f(p):
+            m = eqx.combine(p, static)
+            hs, _ = model.rollout(x)  # the states, computed without gradient
+            h_prev = jnp.concatenate([m.init_state()[None], hs[:-1]])
+            inputs = model.step_inputs(x)
+            h_new = jax.vmap(lambda h, *inp: m.step(jax.lax.stop_gradient(h), *inp))(
+                h_prev, *inputs
+            )
+            outs = jax.vmap(m.output)(h_new)
+            return jnp.sum(w * jax.vmap(rn.mse)(outs, y))
+
+        return jax.grad(f)(params)
+
+    return jax.vmap(one, in_axes=(1, 1, 1))(xs, ys, weights)
+
+
+def test_exact_methods_align_perfectly(getkey):
+    model, xs, ys = _problem(getkey)
+    result = an.gradient_alignment(model, xs, ys, [rn.RTRL(), rn.BPTT()])
+    assert result.methods == ("RTRL", "BPTT") and result.reference == "Autodiff"
+    assert result.groups == (
+        "dynamics.W",
+        "dynamics.U",
+        "dynamics.b",
+        "readout.weight",
+        "readout.bias",
+        "all",
+    )
+    for a in (result.cosine, result.norm_ratio, result.batch_cosine):
+        np.testing.assert_allclose(a, 1.0, atol=1e-10)
+    np.testing.assert_allclose(result.batch_norm_ratio, 1.0, atol=1e-10)
+    assert result.num_sequences == 3 and result.num_steps == 12
+
+
+def test_truncated_bptt_against_a_direct_computation(getkey):
+    model, xs, ys = _problem(getkey, T=15, B=4)
+    weights = jr.uniform(getkey(), (15, 4))  # per-sequence time weights
+    result = an.gradient_alignment(
+        model, xs, ys, {"tbptt": rn.BPTT(truncate=1)}, weights=weights
+    )
+    direct = _truncated_gradients(model, xs, ys, weights)
+    exact = jax.vmap(
+        lambda x, y, w: eqx.filter_grad(lambda m: rn.sequence_loss(m, x, y, weights=w))(
+            model
+        ),
+        in_axes=(1, 1, 1),
+    )(xs, ys, weights)
+    exact = eqx.filter(exact, eqx.is_inexact_array)
+
+    def rows(tree):
+        leaves = jax.tree.leaves(tree)
+        per = [np.asarray(g).reshape(4, -1) for g in leaves]
+        return per + [np.concatenate(per, axis=1)]
+
+    for j, (a, b) in enumerate(zip(rows(direct), rows(exact), strict=True)):
+        cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        ratio = np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert result.cosine[0, j] == pytest.approx(cos.mean(), abs=1e-10)
+        assert result.norm_ratio[0, j] == pytest.approx(ratio.mean(), abs=1e-10)
+        a, b = a.mean(0), b.mean(0)
+        batch = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+        assert result.batch_cosine[0, j] == pytest.approx(batch, abs=1e-10)
+    j = result.groups.index("dynamics.W")
+    assert 0.3 < result.cosine[0, j] < 0.999  # the truncation really matters here
+    # the readout's gradient needs no history: exact under any truncation
+    j = result.groups.index("readout.weight")
+    assert result.cosine[0, j] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_result_prints_saves_and_plots(getkey, tmp_path):
+    model, xs, ys = _problem(getkey, cell="ctrnn")
+    methods = {"exact": rn.RTRL(), "structured": rn.RTRL(structured=True)}
+    result = an.gradient_alignment(model, xs[:, 0], ys[:, 0], methods, on_error="skip")
+    # RK4 has no structured RTRL path: skipped with its message, not raised
+    assert result.methods == ("exact",) and result.num_sequences == 1
+    assert "structured" in result.skipped and "structured" in str(result)
+    assert "| exact | 1.0000 | 1.0000 |" in result.table()
+    result.save(tmp_path / "a.json")
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["methods"]["exact"]["all"]["cosine"] == pytest.approx(1.0)
+    again = an.GradientAlignment.from_dict(data)
+    np.testing.assert_array_equal(again.cosine, result.cosine)
+    assert again.skipped == result.skipped
+    an.plot_alignment(result, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="structured"):
+        an.gradient_alignment(model, xs, ys, methods)
+
+
+def test_errors(getkey):
+    model, xs, ys = _problem(getkey, T=4, B=1)
+    with pytest.raises(ValueError, match="lists `BPTT` twice"):
+        an.gradient_alignment(model, xs, ys, [rn.BPTT(), rn.BPTT()])
+    with pytest.raises(ValueError, match=r"`methods\['x'\]` must be a gradient"):
+        an.gradient_alignment(model, xs, ys, {"x": "bptt"})
+    with pytest.raises(ValueError, match="`methods` must be a dict"):
+        an.gradient_alignment(model, xs, ys, rn.BPTT())
+    with pytest.raises(ValueError, match="`on_error`"):
+        an.gradient_alignment(model, xs, ys, [], on_error="ignore")
+    with pytest.raises(ValueError, match="needs targets"):
+        an.run_analysis(model, xs, what="alignment", out_dir="unused")
+    named = an.gradient_alignment(model, xs, ys, [rn.BPTT(truncate=3)])
+    assert named.methods == ("BPTT(truncate=3)",)
+
+
+def _tiny_add_run(tmp_path):
+    cfg = load_config(
+        "add_online",
+        [
+            "task.options.num_steps=30",
+            "task.options.num_test=2",
+            "model.hidden_size=6",
+            "train.steps=20",
+            "train.eval_every=20",
+            "train.checkpoint_every=20",
+            "train.steps_per_call=10",
+            f"out_dir={tmp_path / 'add'}",
+        ],
+    )
+    assert cfg.train.online and cfg.task.name == "add"
+    summary = train(cfg, progress=False)
+    assert summary["status"] == "finished"
+    return tmp_path / "add"
+
+
+def test_analyse_alignment_of_a_run(tmp_path, capsys):
+    run = _tiny_add_run(tmp_path)
+    assert main(["analyse", str(run), "--what", "alignment"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient alignment against Autodiff (2 sequence(s) of 30 steps)" in out
+    data = json.loads((run / "analysis" / "alignment.json").read_text())
+    assert data["what"] == "alignment" and data["num_sequences"] == 2
+    for name in ("RTRL", "BPTT"):
+        assert data["methods"][name]["all"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert data["methods"]["BPTT(truncate=1)"]["all"]["cosine"] < 0.999
+    assert (run / "analysis" / "alignment.png").stat().st_size > 1000
+
+
+def _script(path, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
