@@ -6,6 +6,7 @@ from ._base import (
     Autodiff as Autodiff,
 )
 from ._bptt import BPTT as BPTT, adjoint_trajectory as adjoint_trajectory
+from ._eprop import EProp as EProp
 from ._implicit import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
     AbstractFixedPointSolver as AbstractFixedPointSolver,
@@ -20,4 +21,13 @@ from ._implicit import (
     implicit_adjoint as implicit_adjoint,
     spectral_radius_estimate as spectral_radius_estimate,
 )
+from ._kf_rtrl import KFRTRL as KFRTRL
+from ._online import (
+    AbstractOnlineGradient as AbstractOnlineGradient,
+    AbstractTraceGradient as AbstractTraceGradient,
+    OnlineState as OnlineState,
+)
+from ._rflo import RFLO as RFLO
 from ._rtrl import RTRL as RTRL, RTRLState as RTRLState
+from ._snap import SnAp as SnAp
+from ._uoro import UORO as UORO

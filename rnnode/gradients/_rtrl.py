@@ -8,12 +8,13 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._integrate import Diffrax, _input_at
 from .._losses import mse
 from .._model import Model
-from ._base import AbstractGradient, scan_loss
+from ._base import scan_loss
+from ._online import AbstractOnlineGradient
 from ._rtrl_structured import add_immediate, has_structure, structured_jacobians
 
 
@@ -34,7 +35,7 @@ class RTRLState(eqx.Module):
     t: Float[Array, ""]
 
 
-class RTRL(AbstractGradient):
+class RTRL(AbstractOnlineGradient):
     """Real-time recurrent learning (Williams & Zipser, 1989): forward sensitivities.
 
     Along with the state it carries `P_t = ∂h_t/∂θ` for every parameter,
@@ -125,14 +126,17 @@ class RTRL(AbstractGradient):
         model: Model,
         h0: Float[ArrayLike, " state"] | None = None,
         *,
+        key: PRNGKeyArray | None = None,
         t0: float = 0.0,
     ) -> RTRLState:
         """Start an online run: the state `h0` (default `model.init_state()`) and
         zero sensitivities (the identity for a learnt initial state when `h0` is
-        not given).
+        not given). `key` is accepted for the common online interface and unused
+        (RTRL is deterministic).
 
         **Returns:** an `RTRLState` for `RTRL.step`.
         """
+        del key
         _check_model(model, "init")
         method = _method(self.structured, model)
         n = model.state_size

@@ -172,3 +172,29 @@ def _gru(dyn: GRU, h, x):
 def _value_and_derivative(name: str, z):
     """`φ(z)` and the elementwise `φ'(z)` of a named (elementwise) activation."""
     return jax.jvp(get_activation(name), (z,), (jnp.ones_like(z),))
+
+
+def local_jacobian(model: Model, J: Float[Array, "n n"], h, x) -> Float[Array, "n n"]:
+    """The part of `J = ∂h'/∂h` that is not mediated by the recurrent weights: each
+    unit's dependence on its own previous state (leak, cell state, update gate),
+    the Jacobian that RFLO and e-prop keep (`J` is `structured_jacobians`' one).
+
+    - `CTRNN` (Euler): `diag(1 - c)`, `c = dt/τ`;
+    - `ElmanRNN`: zero;
+    - `LSTM`: `∂h'/∂C = diag(o ⊙ tanh'(C') ⊙ f)` and `∂C'/∂C = diag(f)` (the
+      columns of `J` for `C`; those for `h` all pass through `W_h`);
+    - `GRU`: `diag(z)` (the term `z ⊙ h` of `h' = (1 - z) ⊙ n + z ⊙ h`).
+    """
+    dyn = model.dynamics
+    if isinstance(dyn, CTRNN):
+        return jnp.diag(1 - model.integrator.dt / dyn.tau).astype(J.dtype)
+    if isinstance(dyn, ElmanRNN):
+        return jnp.zeros_like(J)
+    if isinstance(dyn, LSTM):
+        return J.at[:, : dyn.hidden_size].set(0)
+    if isinstance(dyn, GRU):
+        n = dyn.state_size
+        gates = dyn.W_x[n : 2 * n] @ x + dyn.b_x[n : 2 * n]
+        z = jax.nn.sigmoid(gates + dyn.W_h[n : 2 * n] @ h + dyn.b_h[n : 2 * n])
+        return jnp.diag(z).astype(J.dtype)
+    raise AssertionError(f"no local Jacobian for {type(dyn).__name__}")
