@@ -11,7 +11,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._activations import get_activation
-from ._dynamics import AbstractCell, _check_size, _uniform
+from ._dynamics import AbstractCell, Mask, _check_size, _sparse, _uniform, masked
 
 
 class ElmanRNN(AbstractCell):
@@ -19,6 +19,13 @@ class ElmanRNN(AbstractCell):
 
     With the readout `o_t = c + V h_t` (a `rnnode.Linear`) these are the textbook
     equations (Goodfellow, Bengio & Courville, *Deep Learning*, §10.2).
+
+    `density=p < 1` makes the recurrence sparse, as for `CTRNN`: each unit
+    receives `max(1, round(p n))` connections (a fixed `Mask` in the static field
+    `mask`, drawn from its own split of `key`, eagerly: build it outside `jit`),
+    the step uses `W ⊙ mask`, and `W` (zero off the mask, its nonzero entries
+    uniform on `±1/√(p n)`) keeps zero gradients there under every method. With
+    `p = 1` (default) `mask` is `None` and the module is the dense one.
     """
 
     W: Float[Array, "n n"]
@@ -28,6 +35,7 @@ class ElmanRNN(AbstractCell):
     state_size: int = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
     observe_size: int = eqx.field(static=True)
+    mask: Mask | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -35,14 +43,19 @@ class ElmanRNN(AbstractCell):
         input_size: int,
         *,
         activation: str = "tanh",
+        density: float = 1.0,
         key: PRNGKeyArray,
     ):
         _check_size("hidden_size", hidden_size)
         _check_size("input_size", input_size, allow_zero=True)
         get_activation(activation)
         n, m = hidden_size, input_size
+        key, self.mask = _sparse(key, n, density)
         k1, k2, k3 = jr.split(key, 3)
-        self.W = _uniform(k1, (n, n), n)
+        if self.mask is None:
+            self.W = _uniform(k1, (n, n), n)
+        else:
+            self.W = jnp.where(self.mask.array, _uniform(k1, (n, n), density * n), 0)
         self.U = _uniform(k2, (n, m), n)
         self.b = _uniform(k3, (n,), n)
         self.activation = activation
@@ -51,7 +64,8 @@ class ElmanRNN(AbstractCell):
         self.observe_size = n
 
     def __call__(self, h, x):
-        return get_activation(self.activation)(self.b + self.W @ h + self.U @ x)
+        W = masked(self.W, self.mask)
+        return get_activation(self.activation)(self.b + W @ h + self.U @ x)
 
     def observe(self, state):
         return state

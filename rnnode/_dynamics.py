@@ -8,8 +8,10 @@ plain matrices and vectors. `observe(state)` gives the part a readout sees.
 
 import abc
 from collections.abc import Sequence
+from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -57,8 +59,57 @@ class AbstractCell(AbstractDynamics):
         """The next state from the previous state `h` and the input `x`."""
 
 
+class Mask:
+    """A fixed sparsity pattern of a recurrent weight matrix: `array[i, j]` is true
+    where unit `j` may drive unit `i`.
+
+    Held as a static field of its module (so it is part of the module's structure,
+    not a parameter): a read-only NumPy bool array, hashed and compared by its
+    bytes. Made by the `density=` option of `CTRNN` and `ElmanRNN`.
+    """
+
+    __slots__ = ("array", "_hash")
+
+    def __init__(self, array: np.ndarray):
+        a = np.array(array, dtype=bool)
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise ValueError(f"a mask must be a square matrix, got shape {a.shape}")
+        a.setflags(write=False)
+        self.array = a
+        self._hash = hash((a.shape, a.tobytes()))
+
+    @property
+    def density(self) -> float:
+        """The fraction of entries that are connections."""
+        return float(self.array.mean())
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, Mask)
+            and self.array.shape == other.array.shape
+            and bool(np.array_equal(self.array, other.array))
+        )
+
+    def __hash__(self):
+        return self._hash
+
+    def __repr__(self):
+        n = self.array.shape[0]
+        return f"Mask(({n}, {n}), density={self.density:.3g})"
+
+
 class CTRNN(AbstractVectorField):
-    """Continuous-time recurrent network `τ dr/dt = -r + W φ(r) + U x + b`.
+    """Continuous-time recurrent network, in one of two forms:
+
+    - `form="current"` (default): `τ dr/dt = -r + W φ(r) + U x + b`, the state a
+      current (or membrane potential) and `φ(r)` the rate it drives;
+    - `form="rate"`: `τ dr/dt = -r + φ(W r + U x + b)`, the state a rate (the form
+      of Murray, 2019, used by RFLO and e-prop, and of most neuroscience training
+      code).
+
+    The two are equivalent for invertible `W` (`r_rate = φ(r_current)` when `U x + b`
+    is constant), but they are different parametrisations to learn. In both,
+    `observe` returns the state `r` itself.
 
     **Arguments:**
 
@@ -66,9 +117,19 @@ class CTRNN(AbstractVectorField):
     - `tau`: time constant(s): a float, or one per unit.
     - `activation`: name of `φ` (`tanh`, `relu`, `sigmoid`, `softplus`, `gelu`,
       `identity`).
-    - `gain`: `W` is drawn from `N(0, gain²/n)`; `gain < 1` gives a contracting
-      network, `gain > 1` a chaotic one (Sompolinsky, Crisanti & Sommers, 1988).
+    - `gain`: `W` is drawn from `N(0, gain²/(p n))` with `p = density`; `gain < 1`
+      gives a contracting network, `gain > 1` a chaotic one (Sompolinsky, Crisanti
+      & Sommers, 1988).
     - `learn_tau`: if true, `τ` is a learnable (positive, log-parametrised) array.
+    - `form`: `"current"` or `"rate"` (above).
+    - `density`: the fraction `p ∈ (0, 1]` of recurrent connections. Below 1, each
+      unit receives `max(1, round(p n))` connections from units chosen at random
+      (a `Mask`, the static field `mask`, drawn from its own split of `key`); the
+      dynamics use `W ⊙ mask`, the stored `W` is zero off the mask, and so is its
+      gradient by every method, so `W` stays sparse under training. With `p = 1`
+      (default) `mask` is `None` and the module is the dense one, parameter for
+      parameter. The mask is drawn eagerly: build a sparse module outside
+      `jax.jit` / `jax.vmap`.
     - `key`: a JAX PRNG key.
 
     `U` is drawn uniformly from `±1/√m` (PyTorch's `Linear` rule); `b` starts at 0.
@@ -83,6 +144,8 @@ class CTRNN(AbstractVectorField):
     state_size: int = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
     observe_size: int = eqx.field(static=True)
+    form: Literal["current", "rate"] = eqx.field(static=True)
+    mask: Mask | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -93,17 +156,29 @@ class CTRNN(AbstractVectorField):
         activation: str = "tanh",
         gain: float = 1.0,
         learn_tau: bool = False,
+        form: Literal["current", "rate"] = "current",
+        density: float = 1.0,
         key: PRNGKeyArray,
     ):
         _check_size("hidden_size", hidden_size)
         _check_size("input_size", input_size, allow_zero=True)
         get_activation(activation)
+        if form not in ("current", "rate"):
+            raise ValueError(
+                f"`form` must be 'current' (τ dr/dt = -r + W φ(r) + U x + b) or "
+                f"'rate' (τ dr/dt = -r + φ(W r + U x + b)), got {form!r}"
+            )
         tau_arr = np.broadcast_to(np.asarray(tau, dtype=float), (hidden_size,))
         if np.any(tau_arr <= 0) or not np.all(np.isfinite(tau_arr)):
             raise ValueError(f"`tau` must be positive and finite, got {tau}")
-        wkey, ukey = jr.split(key)
         n, m = hidden_size, input_size
-        self.W = gain * jr.normal(wkey, (n, n)) / np.sqrt(n)
+        key, self.mask = _sparse(key, n, density)
+        wkey, ukey = jr.split(key)
+        if self.mask is None:
+            self.W = gain * jr.normal(wkey, (n, n)) / np.sqrt(n)
+        else:
+            W = gain * jr.normal(wkey, (n, n)) / np.sqrt(density * n)
+            self.W = jnp.where(self.mask.array, W, 0)
         bound = 1.0 / np.sqrt(max(m, 1))
         self.U = jr.uniform(ukey, (n, m), minval=-bound, maxval=bound)
         self.b = jnp.zeros((n,))
@@ -117,6 +192,7 @@ class CTRNN(AbstractVectorField):
         self.state_size = n
         self.input_size = m
         self.observe_size = n
+        self.form = form
 
     @property
     def tau(self) -> Float[Array, " n"]:
@@ -127,7 +203,10 @@ class CTRNN(AbstractVectorField):
     def __call__(self, t, r, x):
         del t
         phi = get_activation(self.activation)
-        return (-r + self.W @ phi(r) + self.U @ x + self.b) / self.tau
+        W = masked(self.W, self.mask)
+        if self.form == "rate":
+            return (-r + phi(W @ r + self.U @ x + self.b)) / self.tau
+        return (-r + W @ phi(r) + self.U @ x + self.b) / self.tau
 
     def observe(self, state):
         return state
@@ -227,6 +306,40 @@ def _check_size(name: str, value, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
+def masked(W: Array, mask: Mask | None) -> Array:
+    """`W ⊙ mask` (`W` itself when dense): the weights the dynamics use. Its
+    gradient with respect to `W` is zero off the mask."""
+    return W if mask is None else jnp.where(mask.array, W, 0)
+
+
+def _sparse(key, n: int, density) -> tuple[PRNGKeyArray, Mask | None]:
+    """`(key, mask)`: for `density < 1`, a mask drawn from a split of `key` (each
+    row with `max(1, round(density n))` entries) and the other split; for
+    `density = 1`, the key untouched and no mask."""
+    ok = isinstance(density, (int, float, np.integer, np.floating)) and not (
+        isinstance(density, bool)
+    )
+    if not ok or not (0 < density <= 1):
+        raise ValueError(
+            f"`density` must be in (0, 1] (the fraction of recurrent connections; "
+            f"1 for a dense network), got {density!r}"
+        )
+    if density == 1:
+        return key, None
+    key, mkey = jr.split(key)
+    k = max(1, int(round(density * n)))
+    try:
+        order = np.asarray(jnp.argsort(jr.uniform(mkey, (n, n)), axis=1))
+    except jax.errors.TracerArrayConversionError:
+        raise ValueError(
+            "`density < 1` draws a fixed mask when the module is built; build the "
+            "module outside `jax.jit` / `jax.vmap` (its key must be concrete)"
+        ) from None
+    mask = np.zeros((n, n), dtype=bool)
+    np.put_along_axis(mask, order[:, :k], True, axis=1)
+    return key, Mask(mask)
 
 
 def _uniform(key, shape, fan_in):

@@ -19,6 +19,9 @@ def zoo_model(name: str, key) -> rn.Model:
         return rn.Model(
             dyn, rn.RK4(0.4, interpolation="linear"), rn.Linear(4, K, key=k2)
         )
+    if name == "ctrnn_rate_sparse":  # the rate form, 50 % recurrent connections
+        dyn = rn.CTRNN(6, M, form="rate", density=0.5, gain=1.2, key=k1)
+        return rn.Model(dyn, rn.Euler(0.4), rn.Linear(6, K, key=k2))
     if name == "elman":
         return rn.Model(rn.ElmanRNN(5, M, key=k1), None, rn.Linear(5, K, key=k2))
     if name == "lstm":

@@ -193,6 +193,42 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+def test_unreadable_config_file_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """A binary file, a directory, a file without read permission, and a run
+    whose config.yaml is binary: one line and exit 2, never a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin.yaml").write_bytes(b"task:\x89PNG\r\n\x1a\n\xff\x00")
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "locked.yaml").write_text("task: {name: sine}\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_bytes(b"\xfe\xfe")
+    real = Path.read_bytes
+
+    def read_bytes(self):  # running as root, chmod 000 would not stop the read
+        if self.name == "locked.yaml":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    cases = [
+        (
+            ["train", "bin.yaml"],
+            "config: 'bin.yaml' is not a text file (byte 0x89 at offset 5 is not "
+            "UTF-8); a config is a YAML file",
+        ),
+        (["train", "dir.yaml"], "config: 'dir.yaml' is a directory, not a config"),
+        (["config", "."], "config: '.' is a directory, not a config"),
+        (["train", "locked.yaml"], "config: cannot read 'locked.yaml': Permission"),
+        (["eval", "run"], "config: 'run/config.yaml' is not a text file (byte 0xfe"),
+        (["resume", "run"], "config: 'run/config.yaml' is not a text file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("rnnode: error: " + message), err
+
+
 def test_config_error_lists_every_problem():
     with pytest.raises(ConfigError) as info:
         validate_config(

@@ -112,7 +112,10 @@ def test_jit_vmap_grad_and_grad_of_batched_loss(getkey):
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-13)
 
 
-@pytest.mark.parametrize("name, structured", [("gru", True), ("ctrnn_rk4", False)])
+@pytest.mark.parametrize(
+    "name, structured",
+    [("gru", True), ("ctrnn_rk4", False), ("ctrnn_rate_sparse", True)],
+)
 def test_online_gradients_sum_to_the_sequence_gradient(name, structured, getkey):
     model = zoo_model(name, getkey())
     xs, ys, weights = _data(model, getkey())

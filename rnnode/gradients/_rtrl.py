@@ -15,7 +15,12 @@ from .._losses import mse
 from .._model import Model
 from ._base import scan_loss
 from ._online import AbstractOnlineGradient
-from ._rtrl_structured import add_immediate, has_structure, structured_jacobians
+from ._rtrl_structured import (
+    add_immediate,
+    has_structure,
+    mask_gradient,
+    structured_jacobians,
+)
 
 
 class RTRLState(eqx.Module):
@@ -243,6 +248,7 @@ class RTRL(AbstractOnlineGradient):
         for i, P in zip(tracked, blocks, strict=True):
             grads[i] = grads[i] + jnp.tensordot(dh, P, axes=1)
             new_blocks[i] = P
+        grads = _mask_sparse(model, paths, grads)
         grads = [None if g is None else weight * g for g in grads]
         new_state = RTRLState(
             h=h,
@@ -360,6 +366,7 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
             g_h0 = g
         else:
             grads[i] = grads[i] + g
+    grads = _mask_sparse(params, paths, grads)
     return total, (jax.tree_util.tree_unflatten(treedef, grads), g_h0)
 
 
@@ -593,6 +600,20 @@ def _method(structured, params) -> str:
             "`RTRL(structured='auto')` for the generic path"
         )
     return "generic"
+
+
+def _mask_sparse(params, paths, grads):
+    """Zero the gradient of a sparse `W` off its mask: the structured immediate
+    Jacobian carries sensitivities of the missing connections too (harmless,
+    since they never feed `J`), and here they are dropped."""
+    if not isinstance(params, Model):
+        return grads
+    return [
+        g
+        if g is None or not _in_dynamics(p)
+        else mask_gradient(params.dynamics, _field(p, 1), g)
+        for p, g in zip(paths, grads, strict=True)
+    ]
 
 
 def _immediate_of(plan, i, imm):

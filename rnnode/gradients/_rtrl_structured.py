@@ -9,8 +9,15 @@ Elman cell `∂h'_i/∂W_jk = φ'(z_i) δ_ij h_k`. It is added to `J P` by a sca
 `O(n k)` numbers instead of a dense `(n, n, k)` product, and `J = ∂h'/∂h` itself is
 written in closed form (no JVPs or VJPs).
 
-Covered: `ElmanRNN`, `LSTM`, `GRU`, and `CTRNN` stepped by `Euler`. Everything else
-uses the generic path of `rnnode.RTRL`.
+Covered: `ElmanRNN`, `LSTM`, `GRU`, and `CTRNN` (both forms) stepped by `Euler`.
+Everything else uses the generic path of `rnnode.RTRL`.
+
+**Sparse recurrence** (`density < 1`): `J` uses the masked weights `W ⊙ mask`,
+but the immediate Jacobian of `W` is still given as the dense outer product (the
+`u ⊗ D` form has no room for a mask): its entries off the mask are sensitivities
+of connections that do not exist. They never feed `J` (no unit reads a masked
+weight), so a method may carry them and zero the gradient off
+`recurrent_mask(model.dynamics)` at the end (as `RTRL` does), or drop them.
 """
 
 from typing import NamedTuple
@@ -22,7 +29,7 @@ from jaxtyping import Array, Float
 
 from .._activations import get_activation
 from .._cells import GRU, LSTM, ElmanRNN
-from .._dynamics import CTRNN
+from .._dynamics import CTRNN, masked
 from .._integrate import Euler
 from .._model import Model
 
@@ -47,6 +54,22 @@ def has_structure(model) -> bool:
     if isinstance(dyn, (ElmanRNN, LSTM, GRU)):
         return integ is None
     return isinstance(dyn, CTRNN) and isinstance(integ, Euler)
+
+
+def recurrent_mask(dynamics) -> np.ndarray | None:
+    """The sparsity pattern of `dynamics.W` (a bool `(n, n)` array, true where a
+    connection exists), or `None` for dense recurrence or other dynamics."""
+    mask = getattr(dynamics, "mask", None)
+    return None if mask is None else mask.array
+
+
+def mask_gradient(dynamics, name: str, g: Array) -> Array:
+    """`g`, the gradient (or a batch of them) of the field `name` of `dynamics`,
+    zeroed off the recurrent mask if that field is the masked `W`."""
+    mask = recurrent_mask(dynamics)
+    if mask is None or name != "W":
+        return g
+    return jnp.where(mask, g, jnp.zeros((), g.dtype))
 
 
 def structured_jacobians(
@@ -80,19 +103,32 @@ def add_immediate(imm: Rows | None, P: Array) -> Array:
 
 
 def _ctrnn_euler(dyn: CTRNN, dt: float, r, x):
-    # r' = r + c ⊙ (-r + W φ(r) + U x + b),  c = dt / τ
     n = dyn.state_size
-    phi, dphi = _value_and_derivative(dyn.activation, r)
     c = dt / dyn.tau
+    W = masked(dyn.W, dyn.mask)
     eye = np.arange(n)[None]
-    J = jnp.diag(1 - c) + (c[:, None] * dyn.W) * dphi[None, :]
-    imm = {
-        "W": Rows(eye, c[None], phi),
-        "U": Rows(eye, c[None], x),
-        "b": Rows(eye, c[None], None),
-    }
+    if dyn.form == "rate":
+        # r' = r + c ⊙ (-r + φ(z)),  z = W r + U x + b
+        phi, d = _value_and_derivative(dyn.activation, W @ r + dyn.U @ x + dyn.b)
+        cd = c * d
+        J = jnp.diag(1 - c) + cd[:, None] * W
+        imm = {
+            "W": Rows(eye, cd[None], r),
+            "U": Rows(eye, cd[None], x),
+            "b": Rows(eye, cd[None], None),
+        }
+        drift = -r + phi
+    else:
+        # r' = r + c ⊙ (-r + W φ(r) + U x + b),  c = dt / τ
+        phi, dphi = _value_and_derivative(dyn.activation, r)
+        J = jnp.diag(1 - c) + (c[:, None] * W) * dphi[None, :]
+        imm = {
+            "W": Rows(eye, c[None], phi),
+            "U": Rows(eye, c[None], x),
+            "b": Rows(eye, c[None], None),
+        }
+        drift = -r + W @ phi + dyn.U @ x + dyn.b
     if dyn.log_tau is not None:
-        drift = -r + dyn.W @ phi + dyn.U @ x + dyn.b
         imm["log_tau"] = Rows(eye, (-c * drift)[None], None)
     return J, imm
 
@@ -100,10 +136,11 @@ def _ctrnn_euler(dyn: CTRNN, dt: float, r, x):
 def _elman(dyn: ElmanRNN, h, x):
     # h' = φ(b + W h + U x)
     n = dyn.state_size
-    z = dyn.b + dyn.W @ h + dyn.U @ x
+    W = masked(dyn.W, dyn.mask)
+    z = dyn.b + W @ h + dyn.U @ x
     _, d = _value_and_derivative(dyn.activation, z)
     eye = np.arange(n)[None]
-    J = d[:, None] * dyn.W
+    J = d[:, None] * W
     imm = {
         "W": Rows(eye, d[None], h),
         "U": Rows(eye, d[None], x),

@@ -727,6 +727,10 @@ def resolve_config_path(name: str | Path | None) -> Path:
     if stem in builtins and (p.parent == Path(".") or not p.exists()):
         if p.parent == Path(".") or not p.parent.exists():
             return builtins[stem]
+    if p.exists():
+        raise ConfigError(
+            [f"config: {str(name)!r} is a directory, not a config file (YAML)"]
+        )
     choices = ", ".join(builtins) or "none"
     close = difflib.get_close_matches(stem, list(builtins), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -736,6 +740,28 @@ def resolve_config_path(name: str | Path | None) -> Path:
             f"built-ins: {choices}"
         ]
     )
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file.
+
+    **Raises:** `ConfigError` if the file cannot be read (a directory, no
+    permission) or is not UTF-8 text (a binary file passed by mistake).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError([f"config: cannot read {str(path)!r}: {why}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [
+                f"config: {str(path)!r} is not a text file (byte 0x{data[e.start]:02x} "
+                f"at offset {e.start} is not UTF-8); a config is a YAML file"
+            ]
+        ) from None
 
 
 def validate_config(raw: Any, *, name: str | None = None) -> Config:
@@ -787,11 +813,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     **Raises:** `ConfigError` (one line per problem) if anything is wrong.
     """
     p = resolve_config_path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError([f"config: cannot read {str(p)!r}: {e.strerror}"]) from None
-    raw = parse_yaml(text, source=str(p)) or {}
+    raw = parse_yaml(read_config_text(p), source=str(p)) or {}
     if not isinstance(raw, dict):
         raise ConfigError([f"config: {p} must be a mapping of keys, got {_show(raw)}"])
     raw = apply_overrides(raw, list(overrides))
