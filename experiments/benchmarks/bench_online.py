@@ -40,11 +40,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
+from bench_rtrl import interleaved_times  # same folder: the house timing
 
 import rnnode as rn
 
 METHODS = ("RTRL", "SnAp-1", "SnAp-2", "UORO", "KF-RTRL", "RFLO", "e-prop")
+REF = "forward + readout grad"
 TARGET_METHODS = ("SnAp-1", "UORO", "RFLO", "e-prop")
 INPUTS = 2
 
@@ -138,60 +139,52 @@ def compiled_bytes(f, *args):
     )
 
 
-def median_time(f, args, repeats, budget_s):
-    jax.block_until_ready(f(*args))  # warm-up
-    times = []
-    t_end = time.perf_counter() + budget_s
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def measure(n, density, names, args):
+    """Build, compile and time every method at one size: `name → row`."""
     try:
         model = make_model(n, density)
     except TypeError:  # an rnnode without sparse networks
         print(f"n={n:4d} density={density:.2f} needs `ElmanRNN(..., density=)`")
-        return {"forward + readout grad": dict(error="no `density=`")}
+        return {REF: dict(error="no `density=`")}
     xs = jr.normal(jr.PRNGKey(2), (args.chunk, INPUTS))
     ys = jr.normal(jr.PRNGKey(3), (args.chunk, 2))
-    rows = {}
-    entries = [("forward + readout grad", None)] + [(k, make_method(k)) for k in names]
+    rows, fns = {}, {}
+    entries = [(REF, None)] + [(k, make_method(k)) for k in names]
     for name, method in entries:
-        if name != "forward + readout grad" and method is None:
+        if name != REF and method is None:
             rows[name] = dict(missing=True)
-            print(f"n={n:4d} density={density:.2f} {name:24s} not in this rnnode")
             continue
         try:
             one, chunk, (params, state) = (
                 reference_fns(model) if method is None else method_fns(method, model)
             )
+            memory = compiled_bytes(one, params, state, xs[0], ys[0])
         except ValueError as e:  # not defined for this network
             rows[name] = dict(error=str(e).splitlines()[0])
-            print(f"n={n:4d} density={density:.2f} {name:24s} {rows[name]['error']}")
             continue
         state_b = tree_bytes(state) if method is not None else 0
-        row = dict(state=state_b)
-        row["memory"] = compiled_bytes(one, params, state, xs[0], ys[0])
+        rows[name] = dict(state=state_b, memory=memory)
         if state_b > args.max_state_mib * 2**20:
-            row["skipped"] = f"state {state_b / 2**20:.0f} MiB > {args.max_state_mib}"
+            mib = f"{state_b / 2**20:.0f} MiB > {args.max_state_mib:g}"
+            rows[name]["skipped"] = f"state {mib}"
         else:
-            f = jax.jit(chunk)
-            sec = median_time(f, (params, state, xs, ys), args.repeats, args.budget)
-            row["us"] = 1e6 * sec / args.chunk
-        rows[name] = row
-        print(
-            f"n={n:4d} density={density:.2f} {name:24s} "
-            + (
-                f"{row['us']:10.1f} us/step"
-                if "us" in row
-                else f"not run ({row['skipped']})"
-            )
-            + f"  compiled {row['memory'] / 2**20:9.3f} MiB  state {state_b / 2**20:9.3f} MiB",
-            flush=True,
+            fns[name] = (jax.jit(chunk), (params, state, xs, ys))
+    # interleaved rounds: a busy machine slows every method alike
+    for name, (med, best) in interleaved_times(fns, args.repeats, args.budget).items():
+        rows[name]["us"] = 1e6 * med / args.chunk
+        rows[name]["us_min"] = 1e6 * best / args.chunk
+    for name, row in rows.items():
+        if "us" in row:
+            what = f"{row['us']:10.1f} us/step (min {row['us_min']:.1f})"
+        else:
+            what = row.get("skipped") or row.get("error") or "not in this rnnode"
+        mem = (
+            f"  compiled {row['memory'] / 2**20:9.3f} MiB  state "
+            f"{row['state'] / 2**20:9.3f} MiB"
+            if "memory" in row
+            else ""
         )
+        print(f"n={n:4d} density={density:.2f} {name:24s} {what}{mem}", flush=True)
     return rows
 
 
@@ -205,7 +198,7 @@ def _cell(row, ref):
     if "us" not in row:
         return f"not run ({row['skipped']})", "", mem, state
     ratio = f"{row['us'] / ref:.1f}×" if ref else ""
-    return f"{row['us']:.1f}", ratio, mem, state
+    return f"{row['us']:.1f} ({row['us_min']:.1f})", ratio, mem, state
 
 
 def exponent(results, density, name, sizes):
@@ -223,9 +216,11 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     p.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.1])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--chunk", type=int, default=20, help="steps per timed call")
+    p.add_argument("--chunk", type=int, default=5, help="steps per timed call")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--budget", type=float, default=5.0, help="seconds per timing")
+    p.add_argument(
+        "--budget", type=float, default=20.0, help="seconds of timing per size"
+    )
     p.add_argument(
         "--max-state-mib",
         type=float,
@@ -245,14 +240,15 @@ def main(argv=None):
     }
     cpu = time.process_time() - cpu0
 
-    ref_name = "forward + readout grad"
+    ref_name = REF
     lines = [
         f"# Online learning step benchmark ({dev.platform})",
         "",
         f"Device: {dev.platform}, {kind}, {len(os.sched_getaffinity(0))} core(s) "
         f"usable; jax {jax.__version__}; float32; Elman RNN with {INPUTS} inputs, "
-        "linear readout to 2 outputs, batch 1, mse. Time: median µs per step over "
-        f"compiled scans of {args.chunk} steps (and the ratio to the forward step "
+        "linear readout to 2 outputs, batch 1, mse. Time: median (minimum) µs per "
+        f"step over compiled scans of {args.chunk} steps, timed in interleaved "
+        "rounds (and the ratio of the medians to the forward step "
         "with its readout gradient). Memory: compiled memory of one step "
         "(arguments + outputs + temporaries) and the method's online state. "
         f"The whole benchmark took {cpu:.0f} s of CPU time.",
@@ -264,7 +260,7 @@ def main(argv=None):
         + f" --chunk {args.chunk} --repeats {args.repeats} --budget {args.budget} "
         f"--max-state-mib {args.max_state_mib:g}`",
         "",
-        "| density | n | method | µs/step | × forward | compiled (MiB) | state (MiB) |",
+        "| density | n | method | µs/step (min) | × forward | compiled (MiB) | state (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for d in args.densities:
