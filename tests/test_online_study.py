@@ -180,7 +180,8 @@ def test_analyse_alignment_of_a_run(tmp_path, capsys):
 
 
 def _script(path, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # this checkout's rnnode, whatever is installed
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, str(ROOT / path), *args],
@@ -191,3 +192,61 @@ def _script(path, *args):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
+
+
+def test_compare_online_script(tmp_path):
+    out = _script(
+        "experiments/compare_online.py",
+        *("--steps", "60", "--hidden", "4", "--chunk", "30", "--truncate", "5"),
+        *("--methods", "RTRL,SnAp-1,UORO,TBPTT", "--out", str(tmp_path)),
+    )
+    assert "Floors: nothing 0.662, first 0.519, both 0.454 nats." in out
+    rows = _table((tmp_path / "compare_online.md").read_text(), "| method |")
+    assert [r[0] for r in rows] == ["RTRL", "SnAp-1", "UORO", "TBPTT(5)"]
+    for r in rows:
+        assert 0.3 < float(r[1]) < 1.5 and float(r[4]) > 0, r  # CE, steps/s
+    # the trace of exact RTRL is n × m numbers; SnAp-1's one per parameter
+    state = {r[0]: float(r[6]) for r in rows}
+    assert state["RTRL"] > 4 * state["SnAp-1"]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["floors"]["floor_both"] == pytest.approx(0.4545, abs=1e-4)
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_bench_online_script(tmp_path):
+    _script(
+        "experiments/benchmarks/bench_online.py",
+        *("--sizes", "4", "8", "--densities", "1", "0.5", "--chunk", "3"),
+        *("--methods", "RTRL", "SnAp-2", "--repeats", "3", "--budget", "0.5"),
+        *("--max-state-mib", "0.002", "--out", str(tmp_path)),
+    )
+    text = (tmp_path / "online_cpu.md").read_text()
+    rows = _table(text, "| density | n | method |")
+    names = ["forward + readout grad", "RTRL", "SnAp-2"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (d, n, name) for d in ("1", "0.5") for n in ("4", "8") for name in names
+    ]
+    for r in rows:
+        assert float(r[5]) > 0, r  # compiled memory
+    state = {(r[0], r[1], r[2]): r for r in rows}
+    # RTRL's trace at n = 8, 8 × (64 + 16 + 8) float32 numbers, is over the
+    # 2 KiB limit: compiled, not run; at n = 4 it runs
+    rtrl = state["1", "8", "RTRL"]
+    assert rtrl[3].startswith("not run (state") and float(rtrl[6]) == 2.8
+    assert float(state["1", "4", "RTRL"][3].split()[0]) > 0
+    # SnAp-2 keeps fewer numbers on the sparse network than on the dense one
+    assert float(state["0.5", "4", "SnAp-2"][6]) < float(state["1", "4", "SnAp-2"][6])
+    (target,) = _table(text, "| target |")
+    assert target[0] == "SnAp-2 (density 0.5) ≥ 10× faster than RTRL"
+    assert target[1].endswith("at n = 8") or target[1] == "not measured"
+
+
+def _table(text, header_start):
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
