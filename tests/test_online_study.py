@@ -23,15 +23,32 @@ from rnnode.train import load_config, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _problem(getkey, *, T=12, B=3, cell="elman"):
-    if cell == "elman":
-        dynamics, integrator = rn.ElmanRNN(5, 3, key=getkey()), None
-    else:
-        dynamics, integrator = rn.CTRNN(5, 3, gain=1.5, key=getkey()), rn.RK4(0.1)
-    model = rn.Model(dynamics, integrator, rn.Linear(5, 2, key=getkey()))
-    xs = jr.normal(getkey(), (T, B, 3))
-    ys = jr.normal(getkey(), (T, B, 2))
-    return model, xs, ys
+def _problem(*, T=15, B=4):
+    k = iter(jr.split(jr.PRNGKey(7), 5))
+    model = rn.Model(
+        rn.ElmanRNN(5, 3, key=next(k)), readout=rn.Linear(5, 2, key=next(k))
+    )
+    xs = jr.normal(next(k), (T, B, 3))
+    ys = jr.normal(next(k), (T, B, 2))
+    weights = jr.uniform(next(k), (T, B))  # per-sequence time weights
+    return model, xs, ys, weights
+
+
+class Unsupported(rn.AbstractGradient):
+    """A method that does not apply to any model."""
+
+    def loss(self, *, step, loss, params, h0, inputs, targets, weights):
+        raise ValueError("`Unsupported` does not apply to this model\nmore")
+
+
+@pytest.fixture(scope="module")
+def aligned():
+    model, xs, ys, weights = _problem()
+    methods = [rn.RTRL(), rn.BPTT(), rn.BPTT(truncate=1), Unsupported()]
+    result = an.gradient_alignment(
+        model, xs, ys, methods, weights=weights, on_error="skip"
+    )
+    return result, (model, xs, ys, weights)
 
 
 def _truncated_gradients(model, xs, ys, weights):
@@ -57,10 +74,10 @@ def _truncated_gradients(model, xs, ys, weights):
     return jax.vmap(one, in_axes=(1, 1, 1))(xs, ys, weights)
 
 
-def test_exact_methods_align_perfectly(getkey):
-    model, xs, ys = _problem(getkey)
-    result = an.gradient_alignment(model, xs, ys, [rn.RTRL(), rn.BPTT()])
-    assert result.methods == ("RTRL", "BPTT") and result.reference == "Autodiff"
+def test_exact_methods_align_perfectly(aligned):
+    result, _ = aligned
+    assert result.methods == ("RTRL", "BPTT", "BPTT(truncate=1)")
+    assert result.reference == "Autodiff"
     assert result.groups == (
         "dynamics.W",
         "dynamics.U",
@@ -70,17 +87,14 @@ def test_exact_methods_align_perfectly(getkey):
         "all",
     )
     for a in (result.cosine, result.norm_ratio, result.batch_cosine):
-        np.testing.assert_allclose(a, 1.0, atol=1e-10)
-    np.testing.assert_allclose(result.batch_norm_ratio, 1.0, atol=1e-10)
-    assert result.num_sequences == 3 and result.num_steps == 12
+        np.testing.assert_allclose(a[:2], 1.0, atol=1e-10)
+    np.testing.assert_allclose(result.batch_norm_ratio[:2], 1.0, atol=1e-10)
+    assert result.num_sequences == 4 and result.num_steps == 15
 
 
-def test_truncated_bptt_against_a_direct_computation(getkey):
-    model, xs, ys = _problem(getkey, T=15, B=4)
-    weights = jr.uniform(getkey(), (15, 4))  # per-sequence time weights
-    result = an.gradient_alignment(
-        model, xs, ys, {"tbptt": rn.BPTT(truncate=1)}, weights=weights
-    )
+def test_truncated_bptt_against_a_direct_computation(aligned):
+    result, (model, xs, ys, weights) = aligned
+    i = result.methods.index("BPTT(truncate=1)")
     direct = _truncated_gradients(model, xs, ys, weights)
     exact = jax.vmap(
         lambda x, y, w: eqx.filter_grad(lambda m: rn.sequence_loss(m, x, y, weights=w))(
@@ -98,40 +112,41 @@ def test_truncated_bptt_against_a_direct_computation(getkey):
     for j, (a, b) in enumerate(zip(rows(direct), rows(exact), strict=True)):
         cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         ratio = np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-        assert result.cosine[0, j] == pytest.approx(cos.mean(), abs=1e-10)
-        assert result.norm_ratio[0, j] == pytest.approx(ratio.mean(), abs=1e-10)
+        assert result.cosine[i, j] == pytest.approx(cos.mean(), abs=1e-10)
+        assert result.norm_ratio[i, j] == pytest.approx(ratio.mean(), abs=1e-10)
         a, b = a.mean(0), b.mean(0)
         batch = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
-        assert result.batch_cosine[0, j] == pytest.approx(batch, abs=1e-10)
+        assert result.batch_cosine[i, j] == pytest.approx(batch, abs=1e-10)
     j = result.groups.index("dynamics.W")
-    assert 0.3 < result.cosine[0, j] < 0.999  # the truncation really matters here
+    assert 0.3 < result.cosine[i, j] < 0.999  # the truncation really matters here
     # the readout's gradient needs no history: exact under any truncation
     j = result.groups.index("readout.weight")
-    assert result.cosine[0, j] == pytest.approx(1.0, abs=1e-12)
+    assert result.cosine[i, j] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_result_prints_saves_and_plots(getkey, tmp_path):
-    model, xs, ys = _problem(getkey, cell="ctrnn")
-    methods = {"exact": rn.RTRL(), "structured": rn.RTRL(structured=True)}
-    result = an.gradient_alignment(model, xs[:, 0], ys[:, 0], methods, on_error="skip")
-    # RK4 has no structured RTRL path: skipped with its message, not raised
-    assert result.methods == ("exact",) and result.num_sequences == 1
-    assert "structured" in result.skipped and "structured" in str(result)
-    assert "| exact | 1.0000 | 1.0000 |" in result.table()
+def test_result_prints_saves_and_plots(aligned, tmp_path):
+    result, (model, xs, ys, _) = aligned
+    # a method that does not apply is skipped with its message's first line
+    assert result.skipped == {
+        "Unsupported": "`Unsupported` does not apply to this model"
+    }
+    assert "| Unsupported | not applicable: `Unsupported` does not" in str(result)
+    assert "| RTRL | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in result.table()
     result.save(tmp_path / "a.json")
     data = json.loads((tmp_path / "a.json").read_text())
-    assert data["methods"]["exact"]["all"]["cosine"] == pytest.approx(1.0)
+    assert data["methods"]["BPTT"]["all"]["cosine"] == pytest.approx(1.0)
     again = an.GradientAlignment.from_dict(data)
     np.testing.assert_array_equal(again.cosine, result.cosine)
-    assert again.skipped == result.skipped
+    np.testing.assert_array_equal(again.batch_norm_ratio, result.batch_norm_ratio)
+    assert again.skipped == result.skipped and again.groups == result.groups
     an.plot_alignment(result, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match="structured"):
-        an.gradient_alignment(model, xs, ys, methods)
+    with pytest.raises(ValueError, match="does not apply"):
+        an.gradient_alignment(model, xs, ys, [Unsupported()])
 
 
-def test_errors(getkey):
-    model, xs, ys = _problem(getkey, T=4, B=1)
+def test_errors():
+    model, xs, ys, _ = _problem(T=4, B=1)
     with pytest.raises(ValueError, match="lists `BPTT` twice"):
         an.gradient_alignment(model, xs, ys, [rn.BPTT(), rn.BPTT()])
     with pytest.raises(ValueError, match=r"`methods\['x'\]` must be a gradient"):
@@ -142,8 +157,6 @@ def test_errors(getkey):
         an.gradient_alignment(model, xs, ys, [], on_error="ignore")
     with pytest.raises(ValueError, match="needs targets"):
         an.run_analysis(model, xs, what="alignment", out_dir="unused")
-    named = an.gradient_alignment(model, xs, ys, [rn.BPTT(truncate=3)])
-    assert named.methods == ("BPTT(truncate=3)",)
 
 
 def _tiny_add_run(tmp_path):
@@ -166,16 +179,26 @@ def _tiny_add_run(tmp_path):
     return tmp_path / "add"
 
 
-def test_analyse_alignment_of_a_run(tmp_path, capsys):
+def test_analyse_alignment_of_a_run(tmp_path, capsys, monkeypatch):
     run = _tiny_add_run(tmp_path)
+    # every method that applies (each is tested in its own file): three here
+    everything = an.alignment_methods()
+    assert {"RTRL", "SnAp-1", "SnAp-2", "UORO", "KF-RTRL", "RFLO", "e-prop"} <= set(
+        everything
+    )
+    subset = {k: everything[k] for k in ("RTRL", "BPTT(truncate=1)", "e-prop")}
+    monkeypatch.setattr("rnnode.analysis._run.alignment_methods", lambda: subset)
     assert main(["analyse", str(run), "--what", "alignment"]) == 0
     out = capsys.readouterr().out
     assert "gradient alignment against Autodiff (2 sequence(s) of 30 steps)" in out
     data = json.loads((run / "analysis" / "alignment.json").read_text())
     assert data["what"] == "alignment" and data["num_sequences"] == 2
-    for name in ("RTRL", "BPTT"):
-        assert data["methods"][name]["all"]["cosine"] == pytest.approx(1.0, abs=1e-5)
-    assert data["methods"]["BPTT(truncate=1)"]["all"]["cosine"] < 0.999
+    assert data["methods"]["RTRL"]["all"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    truncated = data["methods"]["BPTT(truncate=1)"]["all"]["cosine"]
+    assert truncated < 0.999
+    # e-prop on an Elman network drops every W-mediated term: truncation to 1
+    eprop = data["methods"]["e-prop"]["all"]["cosine"]
+    assert eprop == pytest.approx(truncated, abs=1e-5)
     assert (run / "analysis" / "alignment.png").stat().st_size > 1000
 
 
@@ -198,11 +221,11 @@ def test_compare_online_script(tmp_path):
     out = _script(
         "experiments/compare_online.py",
         *("--steps", "60", "--hidden", "4", "--chunk", "30", "--truncate", "5"),
-        *("--methods", "RTRL,SnAp-1,UORO,TBPTT", "--out", str(tmp_path)),
+        *("--methods", "RTRL,SnAp-1,TBPTT", "--out", str(tmp_path)),
     )
     assert "Floors: nothing 0.662, first 0.519, both 0.454 nats." in out
     rows = _table((tmp_path / "compare_online.md").read_text(), "| method |")
-    assert [r[0] for r in rows] == ["RTRL", "SnAp-1", "UORO", "TBPTT(5)"]
+    assert [r[0] for r in rows] == ["RTRL", "SnAp-1", "TBPTT(5)"]
     for r in rows:
         assert 0.3 < float(r[1]) < 1.5 and float(r[4]) > 0, r  # CE, steps/s
     # the trace of exact RTRL is n × m numbers; SnAp-1's one per parameter

@@ -19,7 +19,12 @@ from .._model import Model
 from .._sequence import check_sequence, sequence_loss
 from ..gradients._base import AbstractGradient, Autodiff
 from ..gradients._bptt import BPTT
+from ..gradients._eprop import EProp
+from ..gradients._kf_rtrl import KFRTRL
+from ..gradients._rflo import RFLO
 from ..gradients._rtrl import RTRL
+from ..gradients._snap import SnAp
+from ..gradients._uoro import UORO
 from ._common import new_figure, to_json
 
 ALL = "all"
@@ -305,13 +310,22 @@ def plot_alignment(result: GradientAlignment, path: str | Path | None = None) ->
 
 def alignment_methods() -> dict[str, AbstractGradient]:
     """The methods `rnnode analyse RUN --what alignment` compares with the exact
-    gradient: exact RTRL and BPTT (a check: cosine 1), and truncated BPTT with
-    1 and 10 steps."""
+    gradient: exact RTRL and BPTT (a check: cosine 1), truncated BPTT with 1 and
+    10 steps, and the approximate online methods (SnAp-1, SnAp-2, UORO, KF-RTRL,
+    RFLO with symmetric and with random feedback, e-prop; the stochastic ones
+    with their default seed)."""
     return {
         "RTRL": RTRL(),
         "BPTT": BPTT(),
         "BPTT(truncate=1)": BPTT(truncate=1),
         "BPTT(truncate=10)": BPTT(truncate=10),
+        "SnAp-1": SnAp(order=1),
+        "SnAp-2": SnAp(order=2),
+        "UORO": UORO(),
+        "KF-RTRL": KFRTRL(),
+        "RFLO": RFLO(),
+        "RFLO(random)": RFLO(feedback="random"),
+        "e-prop": EProp(),
     }
 
 
