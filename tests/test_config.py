@@ -124,7 +124,8 @@ BAD = [
     (
         ["train.online=true"],
         "train.online: online training updates the weights at every time step and "
-        "needs gradient.name: rtrl, got autodiff",
+        "needs an online gradient.name (rtrl, snap, uoro, kf_rtrl, rflo, eprop), got "
+        "autodiff",
     ),
     (
         ["task.name=steady_state", "gradient.name=bptt"],
@@ -143,7 +144,59 @@ BAD = [
         ["task.name=steady_state", "gradient.name=implicit", "equilibrium.damping=0"],
         "equilibrium.damping: must be > 0, got 0",
     ),
-    (["gradient.name=rtrl", "gradient.block=0"], "gradient: rtrl: `RTRL(block=0)`"),
+    (
+        ["gradient.name=rtrl", "gradient.block=0"],
+        "gradient.block: rtrl: `RTRL(block=0)`",
+    ),
+    (["model.density=0"], "model.density: must be > 0, got 0"),
+    (["model.density=1.5"], "model.density: must be <= 1, got 1.5"),
+    (["model.density=dense"], "model.density: must be a number, got 'dense'"),
+    (
+        ["model.form=voltage"],
+        "model.form: must be one of 'current' or 'rate', got 'voltage'",
+    ),
+    (
+        ["adding", "model.density=0.5"],
+        "model.density: only used by ctrnn and elman dynamics, not lstm",
+    ),
+    (
+        ["adding", "model.form=rate"],
+        "model.form: only used by ctrnn dynamics, not lstm",
+    ),
+    (["model.options.density=0.5"], "model.options.density: unknown option for ctrnn"),
+    (
+        ["gradient.name=rtlr"],
+        "gradient.name: must be one of 'autodiff', 'bptt', 'rtrl', 'implicit', 'snap', "
+        "'uoro', 'kf_rtrl', 'rflo' or 'eprop', got 'rtlr'",
+    ),
+    (
+        ["task.name=steady_state", "gradient.name=uoro"],
+        "gradient.name: uoro differentiates a sequence; task steady_state is an "
+        "equilibrium task",
+    ),
+    # a method on a model it does not cover: asked once the model is built
+    (
+        ["gradient.name=rtrl", "gradient.structured=true", "model.integrator.name=rk4"],
+        "gradient.name: rtrl does not cover this model (ctrnn): "
+        "`RTRL(structured=True)`: no structured Jacobian for `CTRNN` with `RK4`",
+    ),
+    (
+        ["adding", "gradient.name=kf_rtrl", "train.online=true"],
+        "gradient.name: kf_rtrl does not cover this model (lstm): `KFRTRL` is defined "
+        "for `ElmanRNN` and `CTRNN` with `Euler`; got `LSTM`.",
+    ),
+    (
+        ["gradient.name=snap", "gradient.order=0"],
+        "gradient.order: snap: `SnAp(order=0)`",
+    ),
+    (
+        ["gradient.name=rflo", "gradient.feedback=sideways"],
+        "gradient.feedback: rflo: `RFLO(feedback='sideways')`",
+    ),
+    (
+        ["gradient.name=uoro", "gradient.sead=1"],
+        "gradient.sead: unknown option for uoro",
+    ),
     (["task.options.num_stepz=3"], "task.options.num_stepz: unknown key"),
     (["task.options.num_steps=2.5"], "task.options.num_steps: must be an integer"),
     (["task.name=sinus"], "task.name: unknown task 'sinus' (did you mean sine?)"),

@@ -304,3 +304,28 @@ def test_training_keeps_the_mask(optimiser, gradient, getkey):
     assert np.all(W[off] == 0)
     assert np.all(W[~off] != W0[~off])  # the connections did learn
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["ctrnn_rate_sparse", "elman_sparse"])
+def test_online_methods_give_zero_gradients_off_the_mask(name, getkey):
+    """The approximations of RTRL, as `gradient=`: every one leaves the missing
+    connections alone (and learns the others)."""
+    model = _model(name, getkey())
+    xs, ys, ws = _data(getkey())
+    off = _off_mask(model)
+    methods = [rn.SnAp(order=1), rn.SnAp(order=2), rn.UORO(), rn.KFRTRL()]
+    methods += [rn.RFLO(), rn.EProp(feedback="random")]
+
+    @eqx.filter_jit
+    def grads(model):
+        return [
+            eqx.filter_grad(
+                lambda m: rn.sequence_loss(m, xs, ys, weights=ws, gradient=g)
+            )(model).dynamics.W
+            for g in methods
+        ]
+
+    for method, W in zip(methods, grads(model), strict=True):
+        W = np.asarray(W)
+        assert np.all(W[off] == 0), method
+        assert np.all(np.isfinite(W)) and np.any(W[~off] != 0), method

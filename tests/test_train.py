@@ -23,6 +23,7 @@ from rnnode.train import (
     load_run,
     train,
 )
+from rnnode.train._config import GRADIENTS as NEEDS
 from rnnode.train._run import _fresh_dir
 from rnnode.train._steps import _TRACES
 
@@ -118,28 +119,81 @@ def test_run_dirs_are_not_overwritten(tmp_path):
     assert _fresh_dir(base) == tmp_path / "run-2"
 
 
-def test_killed_run_resumes_bit_identically(quickstart, tmp_path, monkeypatch):
-    reference = quickstart[0]
-    out = tmp_path / "run"
-    cfg = load_config(None, [*TINY, f"out_dir={out}"])
+def _kill_and_resume(cfg, at: int, monkeypatch) -> Path:
+    """Train `cfg`, killed right after its checkpoint at step `at`, then resume it
+    from the command line; the run directory."""
+    out = Path(cfg.out_dir)
     real_save = ckpt.save_checkpoint
 
     def save_then_die(run_dir, step, *args, **kwargs):
         path = real_save(run_dir, step, *args, **kwargs)
-        if step == 15:
-            raise KeyboardInterrupt  # killed right after the first checkpoint
+        if step == at:
+            raise KeyboardInterrupt
         return path
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
-    assert [s for s, _ in ckpt.list_checkpoints(out)] == [15]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [at]
     assert main(["resume", str(out), "-q"]) == 0
+    return out
+
+
+def _assert_same_run(out, reference):
     for a, b in zip(_params(out), _params(reference), strict=True):
         assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(_losses(out), _losses(reference))
     assert _metrics(out) == _metrics(reference)
+
+
+def test_killed_run_resumes_bit_identically(quickstart, tmp_path, monkeypatch):
+    cfg = load_config(None, [*TINY, f"out_dir={tmp_path / 'run'}"])
+    out = _kill_and_resume(cfg, 15, monkeypatch)
+    _assert_same_run(out, quickstart[0])
+
+
+# An online run of a sparse rate-form CTRNN on short sine streams (a restart of
+# the streams every 5 steps), with adamw's weight decay.
+ONLINE_SPARSE = [
+    "task.options.num_steps=5",
+    "task.options.num_train=4",
+    "task.options.num_test=2",
+    "model.hidden_size=6",
+    "model.form=rate",
+    "model.density=0.5",
+    "train.online=true",
+    "train.batch_size=2",
+    "train.steps=12",
+    "train.steps_per_call=3",
+    "train.eval_every=6",
+    "train.checkpoint_every=6",
+    "optim.name=adamw",
+    "optim.weight_decay=0.1",
+]
+
+
+@pytest.mark.parametrize("gradient", ["rtrl", "uoro"])
+def test_online_sparse_rate_network_resumes_bit_identically(
+    gradient, tmp_path, monkeypatch
+):
+    """Every online method trains through `train.online`; the stochastic ones
+    keep their keys in the checkpointed online state, so a killed and resumed
+    run is bit-identical to an uninterrupted one. The network stays sparse."""
+    if not hasattr(rnnode, NEEDS[gradient]):
+        pytest.skip(f"rnnode.{NEEDS[gradient]} is not available yet")
+    args = [*ONLINE_SPARSE, f"gradient.name={gradient}"]
+    ref = tmp_path / "ref"
+    summary = train(load_config(None, [*args, f"out_dir={ref}"]), progress=False)
+    assert summary["status"] == "finished" and summary["steps"] == 12
+    model, cfg, _ = load_run(ref)
+    dyn = model.dynamics
+    assert cfg.model.form == dyn.form == "rate" and dyn.mask is not None
+    assert dyn.mask.density == 0.5
+    W = np.asarray(dyn.W)
+    assert np.all(W[~dyn.mask.array] == 0) and np.all(W[dyn.mask.array] != 0)
+    cfg = load_config(None, [*args, f"out_dir={tmp_path / 'run'}"])
+    _assert_same_run(_kill_and_resume(cfg, 6, monkeypatch), ref)
 
 
 def test_eval_falls_back_from_a_corrupt_checkpoint(quickstart, tmp_path, capsys):
@@ -305,7 +359,6 @@ SMALL = {
         "model.hidden_size=8",
     ],
 }
-NEEDS = {"bptt": "BPTT", "rtrl": "RTRL", "implicit": "Implicit"}
 
 
 def test_every_task_config_has_a_short_version():

@@ -11,9 +11,8 @@ from ._online import (
     check_cell,
     check_seed,
     dynamics_leaves,
-    masked,
 )
-from ._rtrl_structured import add_immediate, structured_jacobians
+from ._rtrl_structured import add_immediate, mask_gradient, structured_jacobians
 
 _LAYER = ("W", "U", "b")
 
@@ -112,7 +111,7 @@ class KFRTRL(AbstractTraceGradient):
             g = lam[:, None] * part[None, :]
             if name == "b":
                 g = g[:, 0]
-            out[index[name]] = masked(params, name, g)
+            out[index[name]] = mask_gradient(params.dynamics, name, g)
             start += w
         for name, P in exact.items():
             out[index[name]] = jnp.tensordot(dh.astype(P.dtype), P, axes=1)

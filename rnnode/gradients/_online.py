@@ -128,6 +128,7 @@ class AbstractTraceGradient(AbstractOnlineGradient):
         `loss(params, h, y)`)."""
 
     def loss(self, *, step, loss, params, h0, inputs, targets, weights):
+        self._validate(params)
         return _online_loss((params, h0, inputs, targets, weights), step, loss, self)
 
     def init(
@@ -153,7 +154,10 @@ class AbstractTraceGradient(AbstractOnlineGradient):
         if h0 is None:
             if model.learn_initial_state:
                 raise ValueError(_H0_MESSAGE.format(name=name))
+            params = jax.tree.leaves(eqx.filter(model.dynamics, eqx.is_inexact_array))
             h = model.init_state()
+            if params:  # zeros in the parameters' precision (float32 under x64)
+                h = h.astype(params[0].dtype)
         else:
             h = jnp.asarray(h0)
             if h.shape != (n,):
@@ -386,20 +390,6 @@ def check_cell(method: str, params, cells: tuple, hint: str) -> None:
 ALL_CELLS = (ElmanRNN, CTRNN, LSTM, GRU)
 
 
-def recurrent_mask_of(dynamics) -> np.ndarray | None:
-    """The fixed connectivity mask of a sparse recurrent network (`None`: dense)."""
-    mask = getattr(dynamics, "mask", None)
-    return None if mask is None else np.asarray(mask.array, dtype=bool)
-
-
-def masked(params, name: str, g: Array) -> Array:
-    """`g` with the entries outside the recurrent mask zeroed (for `W`)."""
-    mask = recurrent_mask_of(params.dynamics)
-    if mask is None or name != "W":
-        return g
-    return g * jnp.asarray(mask, g.dtype)
-
-
 def feedback_signal(feedback: str, seed: int, params, dh, h, y, loss) -> Array:
     """The learning signal `L_t` mapped to the state: `∂l_t/∂h_t` itself
     (`"symmetric"`: the true readout weights), or `Bᵀ ∂l_t/∂o_t` pushed through
@@ -425,8 +415,9 @@ def feedback_signal(feedback: str, seed: int, params, dh, h, y, loss) -> Array:
         return loss(model, h, y)
 
     dl_do = jax.grad(shifted_loss)(delta)
-    B = jr.normal(jr.PRNGKey(seed), (out.shape[0], obs.shape[0]), obs.dtype)
-    B = B / np.sqrt(obs.shape[0])
+    # drawn in float32 whatever the precision, so float32 and float64 runs agree
+    B = jr.normal(jr.PRNGKey(seed), (out.shape[0], obs.shape[0]), jnp.float32)
+    B = (B / float(np.sqrt(obs.shape[0]))).astype(obs.dtype)
     (sig,) = observe_vjp((dl_do.astype(obs.dtype) @ B).astype(obs.dtype))
     return sig
 

@@ -10,10 +10,13 @@ from ._online import (
     check_cell,
     dynamics_leaves,
     feedback_signal,
-    masked,
-    recurrent_mask_of,
 )
-from ._rtrl_structured import local_jacobian, structured_jacobians
+from ._rtrl_structured import (
+    local_jacobian,
+    mask_gradient,
+    recurrent_mask,
+    structured_jacobians,
+)
 
 
 class SnAp(AbstractTraceGradient):
@@ -94,7 +97,7 @@ def unit_pattern(params, rows: np.ndarray, order: int):
         return rows, None
     A, q = rows.shape
     n = params.state_size
-    mask = recurrent_mask_of(params.dynamics)
+    mask = recurrent_mask(params.dynamics)
     if mask is None:
         jpat = np.ones((n, n), dtype=bool)
     else:
@@ -151,7 +154,7 @@ def unit_gradient(params, traces, patterns, dh):
         if valid is not None:
             lam = lam * jnp.asarray(valid, lam.dtype)
         g = jnp.einsum("aq,aq...->q...", lam.astype(P.dtype), P)
-        out[index[name]] = masked(params, name, g)
+        out[index[name]] = mask_gradient(params.dynamics, name, g)
     return out
 
 

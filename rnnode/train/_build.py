@@ -86,14 +86,23 @@ def build_model(cfg: Config, task, key) -> rnnode.Model:
     try:
         if m.dynamics == "ctrnn":
             dyn = rnnode.CTRNN(
-                n, inp, tau=m.tau, activation=m.activation, key=dkey, **opts
+                n,
+                inp,
+                tau=m.tau,
+                activation=m.activation,
+                form=m.form,
+                density=m.density,
+                key=dkey,
+                **opts,
             )
         elif m.dynamics == "linear":
             dyn = rnnode.LinearExample(size=inp, **opts)
         elif m.dynamics == "oscillator":
             dyn = rnnode.DampedOscillator(**opts)
         elif m.dynamics == "elman":
-            dyn = rnnode.ElmanRNN(n, inp, activation=m.activation, key=dkey, **opts)
+            dyn = rnnode.ElmanRNN(
+                n, inp, activation=m.activation, density=m.density, key=dkey, **opts
+            )
         elif m.dynamics == "lstm":
             dyn = rnnode.LSTM(n, inp, key=dkey, **opts)
         else:
@@ -123,6 +132,28 @@ def build_gradient(cfg: Config):
         return cls(**g.options)
     except Exception as e:  # noqa: BLE001
         raise ConfigError([f"gradient: {_one_line(e)}"]) from None
+
+
+def check_gradient_applies(cfg: Config, gradient, model) -> None:
+    """Ask an online method (`RTRL`, `SnAp`, `UORO`, `KFRTRL`, `RFLO`, `EProp`)
+    whether it covers the built model, by starting an online run in shapes only
+    (its `init` raises a `ValueError` naming what it does not cover, e.g. KF-RTRL
+    on an LSTM); for the config, one line naming `gradient.name`.
+
+    **Raises:** `ConfigError`.
+    """
+    name = cfg.gradient.name
+    if not isinstance(gradient, rnnode.AbstractOnlineGradient):
+        if cfg.train.online:  # the config allows only online names
+            raise AssertionError(f"{name} is not an online method")
+        return
+    try:
+        eqx.filter_eval_shape(gradient.init, model)
+    except ValueError as e:
+        d = cfg.model.dynamics
+        raise ConfigError(
+            [f"gradient.name: {name} does not cover this model ({d}): {_one_line(e)}"]
+        ) from None
 
 
 def build_schedule(cfg: Config):
@@ -298,17 +329,12 @@ class _Setup:
             params = eqx.filter(model, eqx.is_inexact_array)
             return model, optimiser.init(params), train_key
 
-        self.model, self.opt_state, self.train_key = eqx.filter_jit(init)()
+        # a sparse network's mask is drawn when it is built, from a concrete key
+        init = init if cfg.model.density < 1 else eqx.filter_jit(init)
+        self.model, self.opt_state, self.train_key = init()
         self.params, self.static = eqx.partition(self.model, eqx.is_inexact_array)
-        self.rtrl = None
-        if cfg.train.online:
-            self.rtrl = self.gradient
-            if not (hasattr(self.rtrl, "init") and hasattr(self.rtrl, "step")):
-                raise ConfigError(
-                    [
-                        "train.online: this installation's RTRL has no online init/step API"
-                    ]
-                )
+        check_gradient_applies(cfg, self.gradient, self.model)
+        self.online = self.gradient if cfg.train.online else None
 
     def state(self, params=None, opt_state=None, key=None):
         return {

@@ -30,12 +30,23 @@ from pydantic import (
 DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru")
 VECTOR_FIELDS = ("ctrnn", "linear", "oscillator")
 CELLS = ("elman", "lstm", "gru")
+# gradient names → rnnode class names; a class's keyword arguments are the
+# `gradient:` section's options
 GRADIENTS = {
     "autodiff": "Autodiff",
     "bptt": "BPTT",
     "rtrl": "RTRL",
     "implicit": "Implicit",
+    "snap": "SnAp",
+    "uoro": "UORO",
+    "kf_rtrl": "KFRTRL",
+    "rflo": "RFLO",
+    "eprop": "EProp",
 }
+# the methods with an online `init` / `step` (for `train.online: true`)
+ONLINE_GRADIENTS = ("rtrl", "snap", "uoro", "kf_rtrl", "rflo", "eprop")
+# the methods that differentiate an equilibrium (the rest differentiate a sequence)
+EQUILIBRIUM_GRADIENTS = ("autodiff", "implicit")
 DIFFRAX_SOLVERS = {
     "euler": "Euler",
     "heun": "Heun",
@@ -58,7 +69,16 @@ SCHEDULES = (
     "warmup_constant",
 )
 # keyword arguments of a dynamics' constructor that the config sets itself
-_DYNAMICS_OWN_ARGS = {"hidden_size", "input_size", "key", "activation", "tau", "size"}
+_DYNAMICS_OWN_ARGS = {
+    "hidden_size",
+    "input_size",
+    "key",
+    "activation",
+    "tau",
+    "size",
+    "density",
+    "form",
+}
 
 
 class ConfigError(ValueError):
@@ -133,6 +153,8 @@ class ModelConfig(_Strict):
         "tanh"
     )
     tau: float = Field(1.0, gt=0)
+    form: Literal["current", "rate"] = "current"
+    density: float = Field(1.0, gt=0, le=1)
     integrator: IntegratorConfig | None = None
     readout: Literal["linear", "none", "first"] = "linear"
     learn_initial_state: bool = False
@@ -156,8 +178,13 @@ class ModelConfig(_Strict):
             )
         if d in ("linear", "oscillator", "lstm", "gru") and self.explicit("activation"):
             raise _PathError("activation", f"not used by {d} dynamics")
-        if d != "ctrnn" and self.explicit("tau"):
-            raise _PathError("tau", f"only used by ctrnn dynamics, not {d}")
+        for key in ("tau", "form"):
+            if d != "ctrnn" and self.explicit(key):
+                raise _PathError(key, f"only used by ctrnn dynamics, not {d}")
+        if d not in ("ctrnn", "elman") and self.explicit("density"):
+            raise _PathError(
+                "density", f"only used by ctrnn and elman dynamics, not {d}"
+            )
         _check_kwargs(
             self.options,
             _dynamics_signature(d),
@@ -175,7 +202,7 @@ class GradientConfig(_Strict):
     model_config = ConfigDict(
         extra="allow", strict=True, allow_inf_nan=False, validate_default=True
     )
-    name: Literal["autodiff", "bptt", "rtrl", "implicit"] = "autodiff"
+    name: Literal[tuple(GRADIENTS)] = "autodiff"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -190,7 +217,12 @@ class GradientConfig(_Strict):
         try:
             cls(**self.options)
         except Exception as e:  # noqa: BLE001 - report the constructor's message
-            raise ValueError(f"{self.name}: {_one_line(e)}") from None
+            msg = f"{self.name}: {_one_line(e)}"
+            # name the key when the message is about exactly one of the options
+            named = [k for k in self.options if re.search(rf"\b{k}\b", msg)]
+            if len(named) == 1:
+                raise _PathError(named[0], msg) from None
+            raise ValueError(msg) from None
         return self
 
 
@@ -352,13 +384,13 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _combinations(self):
         g = self.gradient.name
-        if self.train.online and g != "rtrl":
+        if self.train.online and g not in ONLINE_GRADIENTS:
             raise _PathError(
                 "train.online",
                 f"online training updates the weights at every time step and needs "
-                f"gradient.name: rtrl, got {g}",
+                f"an online gradient.name ({', '.join(ONLINE_GRADIENTS)}), got {g}",
             )
-        if self.task.name in EQUILIBRIUM_TASKS and g in ("bptt", "rtrl"):
+        if self.task.name in EQUILIBRIUM_TASKS and g not in EQUILIBRIUM_GRADIENTS:
             raise _PathError(
                 "gradient.name",
                 f"{g} differentiates a sequence; task {self.task.name} is an "
@@ -837,6 +869,9 @@ def dump_config(cfg: Config) -> dict:
         m.pop("activation")
     if d != "ctrnn":
         m.pop("tau")
+        m.pop("form")
+    if d not in ("ctrnn", "elman"):
+        m.pop("density")
     if m["integrator"] is None:
         m.pop("integrator")
     elif m["integrator"]["name"] != "diffrax":
@@ -874,7 +909,7 @@ def check_against_task(cfg: Config, task) -> None:
     kind = getattr(task, "kind", "sequence")
     g = cfg.gradient.name
     if kind == "equilibrium":
-        if g in ("bptt", "rtrl"):
+        if g not in EQUILIBRIUM_GRADIENTS:
             errors.append(
                 f"gradient.name: {g} differentiates a sequence; task {task.name} is "
                 "an equilibrium task: use implicit (or autodiff)"

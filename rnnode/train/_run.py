@@ -30,7 +30,7 @@ from ._build import (
     split_arrays,
 )
 from ._config import Config, ConfigError, _one_line, config_to_yaml, load_config
-from ._steps import _evaluate, make_chunk, make_online_chunk
+from ._steps import _evaluate, make_chunk, make_online_chunk, states_key
 
 
 class TrainingDiverged(RuntimeError):
@@ -268,7 +268,7 @@ class _Run:
                 lambda: make_online_chunk(
                     setup.static,
                     setup.optimiser,
-                    setup.rtrl,
+                    setup.online,
                     per_step,
                     steps_per_call=tc.steps_per_call,
                     batch_size=tc.batch_size,
@@ -281,7 +281,7 @@ class _Run:
             # the streams' position is part of the training state
             self.extra = {
                 "stream": stream,
-                "rstate": init_states(self.params, stream),
+                "rstate": init_states(self.params, stream, states_key(stream_key)),
                 "t": jnp.asarray(0, jnp.int32),
             }
         else:

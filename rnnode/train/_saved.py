@@ -22,7 +22,7 @@ from ._build import (
 )
 from ._config import Config, parse_yaml, read_config_text, validate_config
 from ._run import _is_main, _params_report, _runtime_message
-from ._steps import _evaluate, make_online_chunk
+from ._steps import _evaluate, make_online_chunk, states_key
 
 
 class EvaluationFailed(RuntimeError):
@@ -65,7 +65,7 @@ def _online_like(cfg, task, setup):
     _, draw, init_states = make_online_chunk(
         setup.static,
         setup.optimiser,
-        setup.rtrl,
+        setup.online,
         per_step,
         steps_per_call=1,
         batch_size=cfg.train.batch_size,
@@ -75,7 +75,7 @@ def _online_like(cfg, task, setup):
     stream = draw(train_data, setup.train_key)
     return {
         "stream": stream,
-        "rstate": init_states(setup.params, stream),
+        "rstate": init_states(setup.params, stream, states_key(setup.train_key)),
         "t": jnp.asarray(0, jnp.int32),
     }
 

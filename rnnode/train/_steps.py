@@ -102,12 +102,18 @@ def make_chunk(static, opt, loss_fn, *, steps_per_call, batch_size, dtype, mesh)
 
 
 def make_online_chunk(
-    static, opt, rtrl, per_step, *, steps_per_call, batch_size, dtype, mesh
+    static, opt, method, per_step, *, steps_per_call, batch_size, dtype, mesh
 ):
-    """Online RTRL: every step consumes one time step of `batch_size` parallel
-    streams (training sequences), updates the weights with that step's RTRL
-    gradient, and carries the sensitivities on; at the end of a sequence new ones
-    are drawn and the state is reset."""
+    """Online learning with any online method (`RTRL`, `SnAp`, `UORO`, `KFRTRL`,
+    `RFLO`, `EProp`): every step consumes one time step of `batch_size` parallel
+    streams (training sequences), updates the weights with that step's gradient
+    (estimate), and carries the method's online state on; at the end of a
+    sequence new ones are drawn and the states are restarted.
+
+    `init_states(params, batch, key)` starts one online state per stream, each
+    stochastic method's with its own key split from `key` (deterministic methods
+    ignore it). The keys come from the run's key and live on in the online states,
+    which are checkpointed, so a resumed run is bit-identical."""
 
     def draw(data, key):
         xs, ys, ws = data
@@ -124,11 +130,11 @@ def make_online_chunk(
         )
         return _batch_constraint(mesh, (xs[:, idx], ys[:, idx], wb))
 
-    def init_states(params, batch):
+    def init_states(params, batch, key):
         model = eqx.combine(params, static)
         h0 = None if model.learn_initial_state else model.init_state().astype(dtype)
-        B = batch[0].shape[1]
-        return jax.vmap(lambda _: rtrl.init(model, h0))(jnp.arange(B))
+        keys = jr.split(key, batch[0].shape[1])
+        return jax.vmap(lambda k: method.init(model, h0, key=k))(keys)
 
     def one_step(carry, data):
         params, opt_state, key, bad, stream, rstate, t = carry
@@ -139,7 +145,7 @@ def make_online_chunk(
         x_next = xs[jnp.minimum(t + 1, T - 1)]
 
         def one(s, x, xn, y, a):
-            return rtrl.step(model, s, x, y, loss=per_step, weight=a, x_next=xn)
+            return method.step(model, s, x, y, loss=per_step, weight=a, x_next=xn)
 
         new_rstate, ls, grads = jax.vmap(one)(rstate, x_t, x_next, y_t, a_t)
         # `grads` are a_t dl_t/dθ per stream: average over the streams, scaled by T
@@ -156,7 +162,7 @@ def make_online_chunk(
 
         def restart(_):
             s = draw(data, sub)
-            return s, init_states(params, s), jnp.asarray(0, t.dtype)
+            return s, init_states(params, s, states_key(sub)), jnp.asarray(0, t.dtype)
 
         def go_on(_):
             return stream, new_rstate, t
@@ -181,6 +187,12 @@ def make_online_chunk(
         return jax.lax.scan(body, carry, jnp.arange(steps_per_call))
 
     return eqx.filter_jit(chunk), eqx.filter_jit(draw), eqx.filter_jit(init_states)
+
+
+def states_key(key):
+    """The key that starts the online states of the streams drawn with `key`
+    (folded in, so that the draws themselves are as they always were)."""
+    return jr.fold_in(key, 1)
 
 
 # ------------------------------------------------------------- evaluation
