@@ -151,8 +151,9 @@ def _truncated_reference(model, xs, ys, ws, k):
     return l1 + jnp.sum(ls)
 
 
-def test_truncated_equals_stop_gradient(getkey):
-    model = zoo_model("gru", getkey())  # learnt initial state: gets the first chunk
+@pytest.mark.parametrize("name", ["gru", "ctrnn_rate_sparse"])
+def test_truncated_equals_stop_gradient(name, getkey):
+    model = zoo_model(name, getkey())  # gru: a learnt initial state, the first chunk
     xs, ys, ws = _data(model, getkey(), batch=())
     params, static = eqx.partition(model, eqx.is_inexact_array)
     m = lambda p: eqx.combine(p, static)
@@ -174,7 +175,11 @@ def test_truncated_equals_stop_gradient(getkey):
     assert _rel(got3, ref3) < 1e-10
     assert _rel(got5, ref5) < 1e-10
     assert _rel(ref3, ref5) > 1e-3  # truncation matters here
-    assert np.max(np.abs(np.asarray(got3.initial_state))) > 0
+    if model.learn_initial_state:
+        assert np.max(np.abs(np.asarray(got3.initial_state))) > 0
+    else:  # sparse: nothing reaches the missing connections
+        mask = model.dynamics.mask.array
+        assert np.all(np.asarray(got3.dynamics.W)[~mask] == 0)
 
 
 def test_gradients_wrt_everything(getkey):

@@ -57,7 +57,9 @@ class RTRL(AbstractOnlineGradient):
       only the units its row drives (`∂h_i/∂W_jk = φ'(z_i) δ_ij h_k` for Elman), so
       the immediate term is scattered into `J P` and no one-hot tangent is pushed
       through a dense product. The readout and a fixed initial state carry no
-      sensitivity at all.
+      sensitivity at all. Both forms of the `CTRNN` are covered; for a sparse
+      `W` (`density < 1`) the sensitivities of the missing connections ride along
+      (they never feed `J_t`) and their gradient is set to zero.
     - **Generic path** (any step): `J_t` and `∂step/∂θ` from `n` vector-Jacobian
       products of the step (`jax.vmap(jax.vjp)` over the state basis), then one
       dense `J P` product. `n` VJPs are cheaper than `m` JVPs since `m ≫ n`.
