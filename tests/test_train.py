@@ -346,11 +346,14 @@ SMALL = {
         "model.hidden_size=8",
     ],
     "add_online": [
-        "task.options.num_steps=12",
+        "task.options.t1=1",
+        "task.options.t2=2",
+        "task.options.num_steps=40",
         "task.options.num_train=2",
-        "task.options.num_test=1",
+        "task.options.num_test=2",
         "train.batch_size=2",
         "model.hidden_size=8",
+        "optim.lr=0.1",
     ],
     "steady_state": [
         "task.options.num_train=16",
