@@ -187,7 +187,7 @@ def plot_curves(results, floors, path, window, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     for i, (name, r) in enumerate(results.items()):
         steps, curve = smooth(r["losses"], r["scored"], window)
         ax.plot(steps, curve, lw=1.2, label=name, color=f"C{i}")
@@ -197,7 +197,7 @@ def plot_curves(results, floors, path, window, title):
     ax.set_xlabel("time step (= weight update, TBPTT: one per chunk)")
     ax.set_ylabel(f"training cross-entropy (nats, mean over {window} steps)")
     ax.set_title(title)
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
