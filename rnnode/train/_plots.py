@@ -48,6 +48,9 @@ def plot_losses(path: Path, steps, losses, metrics: list[dict], *, title: str = 
     plt.close(fig)
 
 
+_MAX_CLASS_STEPS = 60
+
+
 def plot_predictions(
     path: Path,
     outputs: np.ndarray,
@@ -96,7 +99,9 @@ def plot_predictions(
             if weights is not None:
                 w = np.asarray(weights)
                 scored = (w[:, i] if w.ndim == 2 else w) > 0
-            steps = np.flatnonzero(scored)
+            # a long stream (the Add task): the first scored steps, not thousands
+            # of ticks
+            steps = np.flatnonzero(scored)[:_MAX_CLASS_STEPS]
             if len(steps) == 1:  # one scored step: bars of its class probabilities
                 final, label = p[steps[0]], labels[steps[0]]
                 ax.bar(np.arange(len(final)), final, color="C0")
