@@ -40,9 +40,11 @@ METHODS = {
     "eprop": rn.EProp(),
     "eprop_random": rn.EProp(feedback="random"),
 }
-CASES = [
-    *[("elman", m) for m in ("snap1", "snap2", "uoro", "kf", "rflo_random", "eprop")],
-    *[("ctrnn", m) for m in ("kf", "rflo")],
+CASES = [  # every method once, every cell once (each case compiles three times)
+    ("elman", "snap2"),
+    ("elman", "uoro"),
+    ("elman", "rflo_random"),
+    ("ctrnn", "kf"),
     ("lstm", "eprop"),
     ("gru", "snap1"),
 ]
@@ -90,7 +92,7 @@ def test_step_path_equals_sequence_path(cell, name, getkey):
     )
 
 
-@pytest.mark.parametrize("name", ["snap1", "uoro", "kf", "eprop_random"])
+@pytest.mark.parametrize("name", ["uoro", "eprop_random"])
 def test_float32_batched_jit_vmap(name, getkey):
     method = METHODS[name]
     model = make("elman", getkey(), jnp.float32)

@@ -1,5 +1,7 @@
 """SnAp-n: the influence matrix kept on the sparsity pattern of `n` steps."""
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -31,19 +33,21 @@ class SnAp(AbstractTraceGradient):
 
         P_t = (J_t P_{t-1} + I_t) ⊙ M_n.
 
-    Storage is compact: for each weight column `j` the `R` reachable units are
+    Storage is compact: for each weight row `j` the `R` reachable units are
     gathered (an `(R, q, k)` array for a `(q, k)` weight), never a dense
-    `(state, q, k)` array with zeros.
+    `(state, q, k)` array with zeros; a masked `W` keeps only its connections,
+    padded to the longest row (`(R, n, L)`, `L ≈ p n` for density `p`).
 
     - `order=1`: `R` = 1 (2 for an LSTM): one number per parameter; for an Elman
       or CTRNN weight `P[j, l] ≈ ∂h_j/∂W_jl`, updated by `P ← diag(J) ⊙ P + I`.
       Time and memory per step `O(m)` for `m` parameters, plus the step's own
       `O(n²)`. Exact when `J` is diagonal. Biased otherwise.
-    - `order=2`: `R` = 1 + the number of units that unit `j` feeds, i.e.
+    - `order=2`: `R` = 1 + the number of units that unit `j` feeds, about
       `1 + p n` for a recurrent mask of density `p` (`density=` of `CTRNN` /
-      `ElmanRNN`). Time `O(R² m)`, memory `O(R m)`: for a dense network `R = n`
-      and SnAp-2 *is* exact RTRL (`O(n² m)`); at density `p` it is about `p²`
-      times cheaper. Biased unless dense.
+      `ElmanRNN`). Time `O(R² m)`, memory `O(R m)` for `m` (nonzero)
+      parameters: for a dense network `R = n` and SnAp-2 *is* exact RTRL
+      (`O(n² m) = O(n⁴)`); at density `p` the recurrent part costs about
+      `p³ n⁴`. Biased unless dense.
 
     Covers `ElmanRNN`, `LSTM`, `GRU` and `CTRNN` with `Euler` (the cells with a
     structured Jacobian); other steps raise a `ValueError` (use `UORO()`, which
@@ -90,14 +94,38 @@ class SnAp(AbstractTraceGradient):
 # Per-unit traces, shared with RFLO and e-prop (order 1, with the local Jacobian)
 
 
-def unit_pattern(params, rows: np.ndarray, order: int):
-    """`(idx, valid)`, both `(R, q)`: the state units kept for each weight column
-    (the `rows` it drives first), and which entries are real (not padding)."""
+class Layout(NamedTuple):
+    """Where a weight's compact trace lives (static NumPy index tables).
+
+    - `idx`, `valid` `(R, q)`: the state units kept for each row `j` of the weight
+      (pre-activation `j`; the units it drives first) and which are real, not
+      padding (`valid is None`: all are).
+    - `cols`, `cvalid` `(q, L)`: for a masked `W`, the columns `l` of row `j` that
+      are connections, padded to the longest row (`None`: all `k` columns).
+    - `dense`: every row keeps every state unit (SnAp-2 on a dense network), in
+      their natural order, so that `J P` is one matrix product (as in `RTRL`).
+    """
+
+    idx: np.ndarray
+    valid: np.ndarray | None
+    cols: np.ndarray | None
+    cvalid: np.ndarray | None
+    dense: bool = False  # every unit is kept, in order: `J P` is a plain product
+
+
+def unit_layout(params, name: str, rows: np.ndarray, order: int) -> Layout:
+    """The `Layout` of the trace of the field `name`, whose immediate Jacobian
+    drives the state units `rows` `(A, q)`."""
+    mask = recurrent_mask(params.dynamics)
+    cols = cvalid = None
+    if mask is not None and name == "W":
+        L = int(mask.sum(axis=1).max())
+        cols = np.argsort(~mask, axis=1, kind="stable")[:, :L]
+        cvalid = np.take_along_axis(mask, cols, axis=1)
     if order == 1:
-        return rows, None
+        return Layout(rows, None, cols, cvalid)
     A, q = rows.shape
     n = params.state_size
-    mask = recurrent_mask(params.dynamics)
     if mask is None:
         jpat = np.ones((n, n), dtype=bool)
     else:
@@ -107,53 +135,80 @@ def unit_pattern(params, rows: np.ndarray, order: int):
     prio = np.zeros((n, q), dtype=int)
     for a in range(A):
         prio = np.maximum(prio, jpat[:, rows[a]].astype(int))
-    cols = np.arange(q)
     for a in range(A):  # the driven units first, in their order
-        prio[rows[a], cols] = 2 + A - a
+        prio[rows[a], np.arange(q)] = 2 + A - a
     R = int(np.max(np.sum(prio > 0, axis=0)))
+    if R == n and np.all(prio > 0):
+        return Layout(
+            np.broadcast_to(np.arange(n)[:, None], (n, q)), None, cols, cvalid, True
+        )
     idx = np.argsort(-prio, axis=0, kind="stable")[:R]
     valid = np.take_along_axis(prio, idx, axis=0) > 0
-    return idx, valid
+    return Layout(idx, valid, cols, cvalid)
 
 
 def init_unit_traces(params, h, inp, order):
     _, imm = structured_jacobians(params, h, *inp)
     traces = {}
-    for name, i in dynamics_leaves(params).items():
-        del i
+    for name in dynamics_leaves(params):
         r = imm[name]
-        idx, _ = unit_pattern(params, r.rows, order)
-        shape = idx.shape if r.v is None else (*idx.shape, r.v.shape[0])
+        lay = unit_layout(params, name, r.rows, order)
+        shape = lay.idx.shape
+        if r.v is not None:
+            shape = (*shape, r.v.shape[0] if lay.cols is None else lay.cols.shape[1])
         traces[name] = jnp.zeros(shape, r.vals.dtype)
     return traces
 
 
 def advance_unit_traces(params, J, imm, traces, order):
     """`(J P + I) ⊙ M` on the compact layout, for every trace; also returns the
-    patterns `{name: (idx, valid)}` for `unit_gradient`."""
-    out, patterns = {}, {}
+    layouts `{name: Layout}` for `unit_gradient`."""
+    out, layouts = {}, {}
     for name, P in traces.items():
         r = imm[name]
-        idx, valid = patterns[name] = unit_pattern(params, r.rows, order)
-        Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
-        if valid is not None:
-            Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
-        JP = jnp.einsum("abq,bq...->aq...", Jg.astype(P.dtype), P)
-        upd = r.vals if r.v is None else r.vals[..., None] * r.v
-        out[name] = JP.at[: r.rows.shape[0]].add(upd.astype(P.dtype))
-    return out, patterns
+        lay = layouts[name] = unit_layout(params, name, r.rows, order)
+        idx, valid = lay.idx, lay.valid
+        if lay.dense:
+            JP = jnp.tensordot(J.astype(P.dtype), P, axes=1)
+        else:
+            Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
+            if valid is not None:
+                Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
+            JP = jnp.einsum("abq,bq...->aq...", Jg.astype(P.dtype), P)
+        if r.v is None:
+            upd = r.vals
+        elif lay.cols is None:
+            upd = r.vals[..., None] * r.v
+        else:  # v[l] for the connections l of each row
+            v = r.v[lay.cols] * jnp.asarray(lay.cvalid, r.v.dtype)
+            upd = r.vals[..., None] * v[None]
+        if lay.dense:  # the driven units are rows `r.rows`, not the first slots
+            q = np.arange(r.rows.shape[1])
+            for a in range(r.rows.shape[0]):
+                JP = JP.at[r.rows[a], q].add(upd[a].astype(P.dtype))
+            out[name] = JP
+        else:
+            out[name] = JP.at[: r.rows.shape[0]].add(upd.astype(P.dtype))
+    return out, layouts
 
 
-def unit_gradient(params, traces, patterns, dh):
+def unit_gradient(params, traces, layouts, dh):
     """`∂l/∂h · P̂` for every trace, by leaf index (`dh` may be a learning signal)."""
     index = dynamics_leaves(params)
     out = {}
     for name, P in traces.items():
-        idx, valid = patterns[name]
-        lam = dh[idx]
-        if valid is not None:
-            lam = lam * jnp.asarray(valid, lam.dtype)
-        g = jnp.einsum("aq,aq...->q...", lam.astype(P.dtype), P)
+        lay = layouts[name]
+        if lay.dense:
+            g = jnp.tensordot(dh.astype(P.dtype), P, axes=1)
+        else:
+            lam = dh[lay.idx]
+            if lay.valid is not None:
+                lam = lam * jnp.asarray(lay.valid, lam.dtype)
+            g = jnp.einsum("aq,aq...->q...", lam.astype(P.dtype), P)
+        if lay.cols is not None:  # back to the weight's shape, zero off the mask
+            g = g * jnp.asarray(lay.cvalid, g.dtype)
+            full = jnp.zeros(params.dynamics.W.shape, g.dtype)
+            g = full.at[np.arange(g.shape[0])[:, None], lay.cols].add(g)
         out[index[name]] = mask_gradient(params.dynamics, name, g)
     return out
 
