@@ -31,11 +31,6 @@ def _model(name, key):
             6, M, form="rate", density=0.5, tau=tau, learn_tau=True, gain=1.2, key=k1
         )
         return rn.Model(dyn, rn.Euler(0.4), rn.Linear(6, K, key=k2))
-    if name == "ctrnn_rate_rk4":  # no structured Jacobian: the generic RTRL path
-        dyn = rn.CTRNN(4, M, form="rate", density=0.5, gain=1.5, key=k1)
-        return rn.Model(
-            dyn, rn.RK4(0.4, interpolation="linear"), rn.Linear(4, K, key=k2)
-        )
     if name == "elman_sparse":
         dyn = rn.ElmanRNN(6, M, density=0.3, key=k1)
         return rn.Model(dyn, None, rn.Linear(6, K, key=k2))
@@ -43,7 +38,6 @@ def _model(name, key):
 
 
 STRUCTURED = ["ctrnn_sparse", "ctrnn_rate_sparse", "elman_sparse"]
-NAMES = STRUCTURED + ["ctrnn_rate_rk4"]
 
 
 def _data(key, batch=(3,)):
@@ -120,8 +114,8 @@ def test_sparse_mask(cls, key):
 def test_sparse_gain_keeps_its_meaning(key):
     """The nonzero weights are scaled by `1/√p`: the spectral radius of a random
     sparse `W` stays near `gain` (circular law), as for the dense one."""
-    n = 300
-    for p in (1.0, 0.1):
+    n = 200
+    for p in (1.0, 0.2):
         W = rn.CTRNN(n, 1, gain=0.8, density=p, key=key).W
         radius = np.abs(np.linalg.eigvals(np.asarray(W))).max()
         assert radius == pytest.approx(0.8, rel=0.1)
@@ -191,24 +185,28 @@ def test_structured_jacobians_match_jacfwd(name, getkey):
 # Every gradient method
 
 
-def _methods(name):
-    methods = {
+# Every method on the sparse rate CTRNN; on the sparse Elman cell the methods whose
+# code knows the cell (the current form's structured Jacobian with a mask is
+# checked against jacfwd above; the masking after RTRL is the same for all cells).
+METHODS = {
+    "ctrnn_rate_sparse": {
         "bptt": rn.BPTT(),
         "bptt_ckpt": rn.BPTT(checkpoints=3),
         "rtrl_generic": rn.RTRL(structured=False),
-    }
-    if name in STRUCTURED:
-        methods |= {"rtrl": rn.RTRL(structured=True), "rtrl_block": rn.RTRL(block=4)}
-    return methods
+        "rtrl": rn.RTRL(structured=True),
+        "rtrl_block": rn.RTRL(block=4),
+    },
+    "elman_sparse": {"bptt": rn.BPTT(), "rtrl": rn.RTRL(structured=True)},
+}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_gradients_match_autodiff_and_finite_differences(name, getkey):
     model = _model(name, getkey())
     xs, ys, ws = _data(getkey())
     params, static = eqx.partition(model, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(params)
-    methods = _methods(name)
+    methods = METHODS[name]
 
     def f(flat, gradient):
         m = eqx.combine(unravel(flat), static)
@@ -228,10 +226,8 @@ def test_gradients_match_autodiff_and_finite_differences(name, getkey):
         )
     off = _off_mask(model)
     for g in [g_ref] + [g for _, g in got.values()]:
-        W = unravel(g).dynamics.W
-        if off is not None:
-            assert np.all(np.asarray(W)[off] == 0)
-            assert np.any(np.asarray(W)[~off] != 0)
+        W = np.asarray(unravel(g).dynamics.W)
+        assert np.all(W[off] == 0) and np.any(W[~off] != 0)
 
     loss_only = lambda flat: run(flat)[0][0]
     big = np.flatnonzero(np.abs(g_ref) > 1e-3 * np.abs(g_ref).max())
@@ -273,7 +269,6 @@ def test_implicit_gradient_of_a_rate_network_equilibrium(getkey):
     [
         (optax.adam(0.05), rn.BPTT()),
         (optax.adamw(0.05, weight_decay=0.1), rn.RTRL()),
-        (optax.adamw(0.05, weight_decay=0.1), rn.BPTT(truncate=4)),
     ],
 )
 def test_training_keeps_the_mask(optimiser, gradient, getkey):
@@ -306,11 +301,10 @@ def test_training_keeps_the_mask(optimiser, gradient, getkey):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name", ["ctrnn_rate_sparse", "elman_sparse"])
-def test_online_methods_give_zero_gradients_off_the_mask(name, getkey):
+def test_online_methods_give_zero_gradients_off_the_mask(getkey):
     """The approximations of RTRL, as `gradient=`: every one leaves the missing
     connections alone (and learns the others)."""
-    model = _model(name, getkey())
+    model = _model("ctrnn_rate_sparse", getkey())
     xs, ys, ws = _data(getkey())
     off = _off_mask(model)
     methods = [rn.SnAp(order=1), rn.SnAp(order=2), rn.UORO(), rn.KFRTRL()]
