@@ -326,9 +326,21 @@ def _cmd_analyse(args) -> int:
         loss = rnnode.cross_entropy if task.loss == "cross_entropy" else rnnode.mse
         out_dir = run_dir / "analysis"
         out_dir.mkdir(exist_ok=True)
+        weights = task.test.weights
+        weights = weights if weights.ndim == 1 else weights[:, : args.sequences]
         result = analysis.run_analysis(
-            model, xs, what=args.what, out_dir=out_dir, ys=ys, loss=loss
+            model,
+            xs,
+            what=args.what,
+            out_dir=out_dir,
+            ys=ys,
+            loss=loss,
+            weights=jnp.asarray(weights, xs.dtype),
         )
+    if args.what == "alignment":
+        print(analysis.GradientAlignment.from_dict(result))
+        print(f"Results in {out_dir}/ (alignment.json, alignment.png)")
+        return EXIT_OK
     from .train._metrics import to_json
 
     text = to_json(result, indent=2, default=lambda o: repr(o))

@@ -278,7 +278,8 @@ def test_fixed_points_warn_when_none_converge(key, getkey):
 def test_run_analysis_writes_json_and_png(what, key, getkey, tmp_path):
     model = _model("elman", key)
     xs = jr.normal(getkey(), (30, 3, 2))
-    result = an.run_analysis(model, xs, what=what, out_dir=tmp_path / "a")
+    ys = jr.normal(getkey(), (30, 3, 3)) if what == "alignment" else None
+    result = an.run_analysis(model, xs, what=what, out_dir=tmp_path / "a", ys=ys)
     data = json.loads((tmp_path / "a" / f"{what}.json").read_text())
     assert data == result and data["what"] == what and data["num_steps"] == 30
     assert (tmp_path / "a" / f"{what}.png").stat().st_size > 1000

@@ -21,6 +21,7 @@ NAMES = [
     "sine",
     "adding",
     "copy",
+    "add",
     "digits",
     "sunspots",
     "steady_state",
@@ -33,6 +34,7 @@ SMALL = {
     "sine": dict(num_steps=30, num_train=3, num_test=2),
     "adding": dict(num_steps=12, num_train=16, num_test=8),
     "copy": dict(num_symbols=4, length=3, delay=4, num_train=16, num_test=8),
+    "add": dict(num_steps=40, num_train=2, num_test=2),
     "digits": dict(num_train=60, num_test=30),
     "sunspots": dict(num_steps=12, warmup=2, stride=3),
     "steady_state": dict(num_train=16, num_test=8),
@@ -258,6 +260,61 @@ def test_copy_layout_and_chance():
     assert metrics["sequence_accuracy"] < 0.01
 
 
+def _binary_entropy(p):
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
+
+
+def test_add_floors_from_the_definition():
+    # P(y=1) given (x_{t-5}, x_{t-9}) is 0.5, 0.25, 1, 0.75 (each 1/4); the
+    # marginal is 0.625; knowing x_{t-5} only, 0.375 or 0.875
+    H = _binary_entropy
+    task = make_task("add", dict(num_steps=200_000, num_test=1), seed=3)
+    assert task.info["floors"] == pytest.approx(
+        {
+            "floor_nothing": H(0.625),
+            "floor_first": (H(0.375) + H(0.875)) / 2,
+            "floor_both": (H(0.5) + H(0.25) + 0 + H(0.75)) / 4,
+        },
+        rel=1e-12,
+    )
+    assert task.info["floors"] == pytest.approx(
+        {"floor_nothing": 0.6616, "floor_first": 0.5192, "floor_both": 0.4545},
+        abs=1e-4,
+    )
+    # the data follow the definition: the predictors that know nothing, the
+    # first dependency, or both, score their floors on a long stream (the
+    # per-step losses have a standard deviation below 1, so 200 000 steps give
+    # a standard error below 0.003)
+    split = task.test
+    x = split.xs[:, 0, 0]
+    np.testing.assert_array_equal(split.xs.sum(-1), 1.0)  # one-hot [x, 1 - x]
+    np.testing.assert_array_equal(split.weights[:9], 0.0)  # no full history yet
+    x5, x9 = np.roll(x, 5), np.roll(x, 9)
+    predictions = {
+        "floor_nothing": np.full_like(x, 0.625),
+        "floor_first": 0.375 + 0.5 * x5,
+        "floor_both": 0.5 + 0.5 * x5 - 0.25 * x9,
+    }
+    metrics = None
+    for floor, p in predictions.items():
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        logits = np.stack([np.log1p(-p), np.log(p)], axis=-1)[:, None]
+        metrics = task.metrics(logits, split)
+        assert metrics["cross_entropy"] == pytest.approx(metrics[floor], abs=0.01)
+    assert metrics["accuracy"] == pytest.approx(0.75, abs=0.01)
+    # other lags move the dependencies (and with t1 = t2 the label reads one input)
+    other = make_task("add", dict(t1=2, t2=3, num_steps=50_000), seed=1).test
+    x, y = other.xs[:, 0, 0], other.ys[:, 0]
+    both = (np.roll(x, 2) == 1) & (np.roll(x, 3) == 1)
+    assert y[10:][both[10:]].mean() == pytest.approx(0.75, abs=0.03)
+    same = make_task("add", dict(t1=4, t2=4, num_steps=20), seed=1).info["floors"]
+    assert (
+        same["floor_first"]
+        == same["floor_both"]
+        == pytest.approx((H(0.5) + H(0.75)) / 2)
+    )
+
+
 def test_oscillator_matches_rnnode_model():
     options = dict(dt=0.05, num_steps=120, num_train=2, num_test=2, noise=0.0)
     options |= dict(mass=1.5, damping=0.4, stiffness=3.0, initial_state=(0.3, -0.2))
@@ -373,6 +430,8 @@ def test_unknown_task():
         ("oscillator_fit", {"frequency_range": (3.0, 1.0)}, "frequency_range"),
         ("sine", {"frequency_range": (0.0, 1.0)}, "frequency_range"),
         ("copy", {"num_symbols": 1}, "num_symbols"),
+        ("add", {"t1": 3, "t2": 9, "num_steps": 9}, "num_steps"),
+        ("add", {"t1": -1}, "t1"),
         ("digits", {"test_fraction": 1.0}, "test_fraction"),
         ("digits", {"num_train": 5000}, "num_train"),
         ("sunspots", {"warmup": 20}, "warmup"),

@@ -406,6 +406,16 @@ SMALL = {
         "train.batch_size=64",
         "model.hidden_size=8",
     ],
+    "add_online": [
+        "task.options.t1=1",
+        "task.options.t2=2",
+        "task.options.num_steps=40",
+        "task.options.num_train=2",
+        "task.options.num_test=2",
+        "train.batch_size=2",
+        "model.hidden_size=8",
+        "optim.lr=0.1",
+    ],
     "steady_state": [
         "task.options.num_train=16",
         "task.options.num_test=8",

@@ -1,7 +1,14 @@
 """Instruments for understanding recurrent networks as dynamical systems:
 Jacobian products and spectra, gradient norm against lag, Lyapunov exponents,
-fixed points and their linearisation, and `run_analysis` for saved runs."""
+fixed points and their linearisation, the alignment of approximate gradients
+with the exact one, and `run_analysis` for saved runs."""
 
+from ._alignment import (
+    GradientAlignment as GradientAlignment,
+    alignment_methods as alignment_methods,
+    gradient_alignment as gradient_alignment,
+    plot_alignment as plot_alignment,
+)
 from ._fixed_points import (
     FixedPoints as FixedPoints,
     find_fixed_points as find_fixed_points,

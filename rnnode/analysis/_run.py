@@ -13,6 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._losses import mse
 from .._model import Model, check_inputs
+from ._alignment import alignment_methods, gradient_alignment, plot_alignment
 from ._common import to_json
 from ._fixed_points import find_fixed_points, plot_fixed_points
 from ._jacobians import (
@@ -29,6 +30,7 @@ ANALYSES: tuple[str, ...] = (
     "gradient_norm",
     "lyapunov",
     "fixed_points",
+    "alignment",
 )
 """The names `run_analysis(..., what=...)` accepts."""
 
@@ -46,8 +48,10 @@ def run_analysis(
     ys: PyTree[ArrayLike] | None = None,
     loss: Callable[[Array, Array], Float[Array, ""]] = mse,
     key: PRNGKeyArray | None = None,
+    weights: Float[ArrayLike, "time *batch"] | None = None,
 ) -> dict:
-    """Run the analysis `what` on the first sequence of `xs`; write
+    """Run the analysis `what` on the first sequence of `xs` (on all of them for
+    `"alignment"`); write
     `out_dir/<what>.json` (the numbers) and `out_dir/<what>.png` (the picture).
 
     - `"jacobian_spectrum"`: singular values of `∂h_t/∂h_0` against `t`, and the
@@ -60,6 +64,10 @@ def run_analysis(
       dynamics, the first 10% of steps as transient (`lyapunov_exponents`).
     - `"fixed_points"`: fixed points under zero input, from 64 starts on the
       trajectory plus noise, on a PCA of it (`find_fixed_points`).
+    - `"alignment"`: the cosine and norm ratio of every gradient method that
+      applies to the model against the exact gradient, per parameter array,
+      over all the sequences of `xs` (`gradient_alignment` with
+      `alignment_methods()`; needs `ys`).
 
     **Arguments:**
 
@@ -71,6 +79,7 @@ def run_analysis(
     - `ys`: optional targets matching `xs` (used by `"gradient_norm"`).
     - `loss`: the per-step loss for `ys`, e.g. `rnnode.mse`, `rnnode.cross_entropy`.
     - `key`: randomness for the fixed-point starts (default `PRNGKey(0)`).
+    - `weights`: the time weights of the loss for `"alignment"` (default `1/T`).
 
     **Returns:** the dictionary written to the JSON file.
     """
@@ -78,14 +87,22 @@ def run_analysis(
         choices = ", ".join(f"`{a}`" for a in ANALYSES)
         raise ValueError(f"unknown analysis `what={what!r}`; choose one of {choices}")
     xs = check_inputs(model, xs)
+    if what == "alignment":
+        return _write(
+            what, _alignment(model, xs, ys, loss, weights), model, xs, out_dir
+        )
     if xs.ndim == 3:
         xs = xs[:, 0]
         if ys is not None:
             ys = jax.tree.map(lambda a: jnp.asarray(a)[:, 0], ys)
     key = jr.PRNGKey(0) if key is None else key
+    return _write(what, _RUNNERS[what](model, xs, ys, loss, key), model, xs, out_dir)
+
+
+def _write(what, result_and_figure, model, xs, out_dir):
+    result, fig = result_and_figure
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result, fig = _RUNNERS[what](model, xs, ys, loss, key)
     result = to_json(
         {
             "what": what,
@@ -163,6 +180,15 @@ def _fixed_points(model, xs, ys, loss, key):
         "stability": list(fps.stability),
         "eigenvalues": fps.eigenvalues,
     }, plot_fixed_points(fps, hs, title="fixed points (zero input)")
+
+
+def _alignment(model, xs, ys, loss, weights):
+    if ys is None:
+        raise ValueError('`what="alignment"` needs targets: pass `ys=`')
+    result = gradient_alignment(
+        model, xs, ys, alignment_methods(), loss=loss, weights=weights, on_error="skip"
+    )
+    return result.to_dict(), plot_alignment(result)
 
 
 _RUNNERS = {

@@ -7,6 +7,7 @@
 the data are generated, or loaded from scikit-learn and statsmodels.
 """
 
+from ._add import AddOptions as AddOptions
 from ._base import Split as Split, Task as Task
 from ._memory import AddingOptions as AddingOptions, CopyOptions as CopyOptions
 from ._oscillator import (

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from ._add import AddOptions, add
 from ._base import Task
 from ._memory import AddingOptions, CopyOptions, adding, copy
 from ._oscillator import (
@@ -31,6 +32,7 @@ _TASKS = {
     "sine": (sine, SineOptions),
     "adding": (adding, AddingOptions),
     "copy": (copy, CopyOptions),
+    "add": (add, AddOptions),
     "digits": (digits, DigitsOptions),
     "sunspots": (sunspots, SunspotsOptions),
     "steady_state": (steady_state, SteadyStateOptions),

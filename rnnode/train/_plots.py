@@ -42,6 +42,9 @@ def plot_losses(path: Path, steps, losses, metrics: list[dict], *, title: str = 
     _save(fig, path)
 
 
+_MAX_CLASS_STEPS = 60
+
+
 def plot_predictions(
     path: Path,
     outputs: np.ndarray,
@@ -88,7 +91,9 @@ def plot_predictions(
             if weights is not None:
                 w = np.asarray(weights)
                 scored = (w[:, i] if w.ndim == 2 else w) > 0
-            steps = np.flatnonzero(scored)
+            # a long stream (the Add task): the first scored steps, not thousands
+            # of ticks
+            steps = np.flatnonzero(scored)[:_MAX_CLASS_STEPS]
             if len(steps) == 1:  # one scored step: bars of its class probabilities
                 final, label = p[steps[0]], labels[steps[0]]
                 ax.bar(np.arange(len(final)), final, color="C0")
