@@ -3,8 +3,10 @@ Jacobian products and spectra, gradient norm against lag, Lyapunov exponents,
 fixed points and their linearisation, and `run_analysis` for saved runs."""
 
 from ._fixed_points import (
+    STABILITIES as STABILITIES,
     FixedPoints as FixedPoints,
     find_fixed_points as find_fixed_points,
+    leading_eigenvalues as leading_eigenvalues,
     plot_fixed_points as plot_fixed_points,
 )
 from ._jacobians import (
@@ -25,4 +27,8 @@ from ._lyapunov import (
     lyapunov_exponents as lyapunov_exponents,
     plot_lyapunov as plot_lyapunov,
 )
-from ._run import ANALYSES as ANALYSES, run_analysis as run_analysis
+from ._run import (
+    ANALYSES as ANALYSES,
+    fixed_point_table as fixed_point_table,
+    run_analysis as run_analysis,
+)

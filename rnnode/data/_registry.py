@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ._base import Task
+from ._flipflop import FlipFlopOptions, flipflop
 from ._memory import AddingOptions, CopyOptions, adding, copy
 from ._oscillator import (
     OscillatorCTRNNOptions,
@@ -34,6 +35,7 @@ _TASKS = {
     "digits": (digits, DigitsOptions),
     "sunspots": (sunspots, SunspotsOptions),
     "steady_state": (steady_state, SteadyStateOptions),
+    "flipflop": (flipflop, FlipFlopOptions),
 }
 
 TASK_OPTIONS: dict[str, type[BaseModel]] = {
