@@ -11,7 +11,8 @@ no pulse), and prints: the test metrics; the counts by stability; for each
 stable point the sign pattern of its readout and its distance to the nearest
 corner of the cube `{-1, +1}^K`, and whether the stable points cover all `2^K`
 corners once each; the saddles, grouped by how many readout channels sit near 0
-(between two memories: `|o_k| < 0.5`). Writes `RUN/analysis/flipflop.json`
+(between two memories: `|o_k| < 0.5`), and whether each saddle has as many
+unstable directions as it has such channels. Writes `RUN/analysis/flipflop.json`
 besides the analysis' own `fixed_points.json` and `fixed_points.png`.
 """
 
@@ -52,6 +53,14 @@ def describe(result: dict) -> dict:
     found = [p["signs"] for p in points]
     saddles = [i for i, s in enumerate(stability) if s == "saddle"]
     near_zero = [int(np.sum(np.abs(readouts[i]) < 0.5)) for i in saddles]
+    eig = result["eigenvalues"]  # {"real", "imag"}, or a plain list if all real
+    eig = (
+        np.asarray(eig["real"]) + 1j * np.asarray(eig["imag"])
+        if "real" in eig
+        else np.asarray(eig)
+    )
+    grow = eig.real > 0 if result["kind"] == "continuous" else np.abs(eig) > 1
+    unstable_dims = [int(np.sum(grow[i])) for i in saddles]
     return {
         "counts": result["counts"],
         "num_stable": len(stable),
@@ -64,6 +73,7 @@ def describe(result: dict) -> dict:
         "saddles_by_channels_near_zero": {
             str(k): near_zero.count(k) for k in sorted(set(near_zero))
         },
+        "saddle_unstable_dims_equal_channels_near_zero": unstable_dims == near_zero,
     }
 
 
@@ -118,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"saddles: {found['num_saddles']}; by readout channels near 0: "
         + ", ".join(f"{k}: {v}" for k, v in near.items())
+    )
+    same = found["saddle_unstable_dims_equal_channels_near_zero"]
+    print(
+        "each saddle has one unstable direction per readout channel near 0: "
+        + ("yes" if same else "no")
     )
     print(f"train {train_s:.1f} s, analyse {analyse_s:.1f} s (wall)")
     print(f"wrote {run / 'analysis' / 'flipflop.json'}")

@@ -3,8 +3,11 @@ options, `rnnode analyse --what fixed_points` (flags, table, JSON) on a small
 trained run, and the fixed points of a hand-built network whose attractors are
 known (two decoupled bistable units)."""
 
+import importlib.util
+import itertools
 import json
 import math
+from pathlib import Path
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ from rnnode.cli import main
 from rnnode.data import TASK_OPTIONS, Split, Task, make_task
 from rnnode.train import load_config, train
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(bits=3, num_steps=40, p=0.1, num_train=6, num_test=4)
 
 
@@ -319,3 +323,40 @@ def test_fixed_point_options_belong_to_fixed_points(tmp_path):
         an.run_analysis(
             model, jnp.zeros((5, 1)), what="lyapunov", out_dir=tmp_path, tol=1e-6
         )
+
+
+def test_experiment_describes_the_cube():
+    spec = importlib.util.spec_from_file_location(
+        "flipflop_experiment", ROOT / "experiments" / "flipflop.py"
+    )
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    # A made-up record: the 8 corners (stable) and 12 edge midpoints (saddles,
+    # one unstable direction each) of the cube, readouts scaled by 0.9.
+    corners = [np.array(c, float) for c in itertools.product((1, -1), repeat=3)]
+    edges = [
+        np.array(c, float)
+        for c in itertools.product((1, 0, -1), repeat=3)
+        if sum(v == 0 for v in c) == 1
+    ]
+    readouts = [0.9 * c for c in corners + edges]
+    eig = [[-0.1, -0.2, -0.3]] * 8 + [[0.1, -0.2, -0.3]] * 11 + [[0.1, 0.2, -0.3]]
+    record = {
+        "kind": "continuous",
+        "counts": {"stable": 8, "saddle": 12, "unstable": 0, "marginal": 0},
+        "stability": ["stable"] * 8 + ["saddle"] * 12,
+        "readouts": [r.tolist() for r in readouts],
+        "eigenvalues": eig,
+    }
+    found = experiment.describe(record)
+    assert found["num_stable"] == 8 and found["num_saddles"] == 12
+    assert found["all_corners_once"]
+    assert found["max_distance_to_corner"] == pytest.approx(0.1 * math.sqrt(3))
+    assert [p["signs"] for p in found["stable_points"]][:2] == ["+++", "++-"]
+    assert found["saddles_by_channels_near_zero"] == {"1": 12}
+    # the last saddle has two unstable directions but one channel near 0
+    assert not found["saddle_unstable_dims_equal_channels_near_zero"]
+    record["eigenvalues"][-1] = [0.1, -0.2, -0.3]
+    assert experiment.describe(record)["saddle_unstable_dims_equal_channels_near_zero"]
+    record["stability"][0] = "saddle"  # a corner lost
+    assert not experiment.describe(record)["all_corners_once"]

@@ -264,6 +264,7 @@ def plot_fixed_points(
         if idx:
             p = proj(fp.points[idx])
             ax.scatter(*p, s=45, zorder=3, label=f"{label} ({len(idx)})", **style)
+    label = "saddles' unstable directions"
     for i, s in enumerate(fp.stability):
         if s != "saddle":
             continue
@@ -273,7 +274,8 @@ def plot_fixed_points(
             d = np.real(v[:, j])
             d = 0.15 * scale * d / max(np.linalg.norm(d), 1e-300)
             seg = proj(np.stack([fp.points[i] - d, fp.points[i] + d]))
-            ax.plot(*seg, color="tab:red", lw=1.5, zorder=2)
+            ax.plot(*seg, color="tab:red", lw=1.5, zorder=2, label=label)
+            label = None  # one legend entry for all
     for axis, k in zip("xyz", range(dims), strict=False):
         getattr(ax, f"set_{axis}label")(f"PC{k + 1} ({100 * var[k]:.0f}% var.)")
         if box is not None:
