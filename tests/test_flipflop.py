@@ -286,7 +286,15 @@ def test_fixed_points_of_two_decoupled_bistable_units(tmp_path):
     assert [r[1] for r in _table_rows(table)] == ["stable"] * 4 + ["saddle"] * 4 + [
         "unstable"
     ]
-    assert len(_table_rows(an.fixed_point_table(result, max_rows=3))) == 3
+    short = an.fixed_point_table(result, max_rows=3)
+    assert len(_table_rows(short)) == 3
+    assert short.endswith("… 6 more in the JSON file")
+    none = {**result, "num_fixed_points": 0, "num_converged": 0, "stability": []}
+    none["counts"] = dict.fromkeys(an.STABILITIES, 0)
+    assert an.fixed_point_table(none).splitlines() == [
+        "0 fixed points from 64 starts, 0 converged to speed ‖F‖ <= 1e-10",
+        "(more starts, or a larger tolerance, may find some)",
+    ]
 
 
 def test_three_d_figure_draws_each_unstable_direction(tmp_path):

@@ -272,7 +272,12 @@ def plot_fixed_points(
         outside = w.real > 0 if fp.kind == "continuous" else np.abs(w) > 1
         for j in np.flatnonzero(outside):
             d = np.real(v[:, j])
-            d = 0.15 * scale * d / max(np.linalg.norm(d), 1e-300)
+            d = (
+                (0.15 if dims == 3 else 0.1)
+                * scale
+                * d
+                / max(np.linalg.norm(d), 1e-300)
+            )
             seg = proj(np.stack([fp.points[i] - d, fp.points[i] + d]))
             ax.plot(*seg, color="tab:red", lw=1.5, zorder=2, label=label)
             label = None  # one legend entry for all

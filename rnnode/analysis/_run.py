@@ -218,13 +218,17 @@ def fixed_point_table(result: dict, *, max_rows: int = 40) -> str:
     discrete cells) and readout; at most `max_rows` rows."""
     counts = result["counts"]
     lead = "max Re λ" if result["kind"] == "continuous" else "max |λ|"
+    found = ", ".join(f"{counts[s]} {s}" for s in STABILITIES if counts.get(s))
     lines = [
-        f"{result['num_fixed_points']} fixed points ("
-        + ", ".join(f"{counts[s]} {s}" for s in STABILITIES if counts.get(s))
-        + f") from {result['num_starts']} starts, {result['num_converged']} "
-        f"converged to speed ‖F‖ <= {result['tol']:.3g}",
-        f"{'#':>3}  {'stability':<9}  {'speed ‖F‖':>9}  {lead:>9}  readout",
+        f"{result['num_fixed_points']} fixed points"
+        + (f" ({found})" if found else "")
+        + f" from {result['num_starts']} starts, {result['num_converged']} "
+        f"converged to speed ‖F‖ <= {result['tol']:.3g}"
     ]
+    if not found:
+        lines.append("(more starts, or a larger tolerance, may find some)")
+        return "\n".join(lines)
+    lines.append(f"{'#':>3}  {'stability':<9}  {'speed ‖F‖':>9}  {lead:>9}  readout")
     order = sorted(
         range(result["num_fixed_points"]),
         key=lambda i: (STABILITIES.index(result["stability"][i]), result["speeds"][i]),

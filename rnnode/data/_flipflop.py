@@ -47,8 +47,8 @@ def flipflop(o: FlipFlopOptions, *, seed: int) -> Task:
 
     At each step and on each of the `bits` channels independently, a pulse
     arrives with probability `p`, `+1` or `-1` with equal probability; the input
-    is 0 elsewhere. The target at step `t` on channel `k` is the pulse's sign
-    of the last pulse on `k` at or before `t`, and 0 before the first one.
+    is 0 elsewhere. The target at step `t` on channel `k` is the sign of the
+    last pulse on `k` at or before `t`, and 0 before the first one.
     Every step is scored (weights uniform in time). `rest_input` is zeros: no
     pulse, the input under which the memories must be held.
 
