@@ -124,7 +124,10 @@ def _parser() -> argparse.ArgumentParser:
         help="analyse a trained model's dynamics (fixed points, Lyapunov, …)",
         description=(
             "Run one analysis of rnnode.analysis on RUN_DIR's model and some of its "
-            "test inputs; writes RUN_DIR/analysis/<what>.json and <what>.png."
+            "test inputs; writes RUN_DIR/analysis/<what>.json and <what>.png. "
+            "fixed_points prints a table (counts by stability; per point its "
+            "speed, largest eigenvalue and readout) and draws a 3-D PCA of the "
+            "visited states."
         ),
     )
     a.add_argument("run_dir", metavar="RUN_DIR")

@@ -238,7 +238,7 @@ def plot_fixed_points(
         # (or 98% of the states without them); lines leaving it are cut.
         ref = proj(fp.points) if len(fp.points) >= 2 else proj(flat)
         lo, hi = np.percentile(ref, [0, 100] if len(fp.points) >= 2 else [1, 99], 1)
-        pad = 0.3 * np.maximum(hi - lo, 1e-3 * max(hi - lo))
+        pad = 0.3 * np.maximum(hi - lo, max(1e-3 * max(hi - lo), 1e-12))
         box = (lo - pad, hi + pad)
     if trajectories is not None:
         traj = np.asarray(trajectories)
@@ -265,6 +265,7 @@ def plot_fixed_points(
             p = proj(fp.points[idx])
             ax.scatter(*p, s=45, zorder=3, label=f"{label} ({len(idx)})", **style)
     label = "saddles' unstable directions"
+    length = (0.15 if dims == 3 else 0.1) * scale  # half a segment
     for i, s in enumerate(fp.stability):
         if s != "saddle":
             continue
@@ -272,12 +273,7 @@ def plot_fixed_points(
         outside = w.real > 0 if fp.kind == "continuous" else np.abs(w) > 1
         for j in np.flatnonzero(outside):
             d = np.real(v[:, j])
-            d = (
-                (0.15 if dims == 3 else 0.1)
-                * scale
-                * d
-                / max(np.linalg.norm(d), 1e-300)
-            )
+            d = length * d / max(np.linalg.norm(d), 1e-300)
             seg = proj(np.stack([fp.points[i] - d, fp.points[i] + d]))
             ax.plot(*seg, color="tab:red", lw=1.5, zorder=2, label=label)
             label = None  # one legend entry for all

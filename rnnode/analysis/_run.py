@@ -55,7 +55,8 @@ def run_analysis(
     tol: float | None = None,
     num_starts: int | None = None,
 ) -> dict:
-    """Run the analysis `what` on the first sequence of `xs`; write
+    """Run the analysis `what` on the first sequence of `xs` (`"fixed_points"`:
+    on all of them); write
     `out_dir/<what>.json` (the numbers) and `out_dir/<what>.png` (the picture).
 
     - `"jacobian_spectrum"`: singular values of `∂h_t/∂h_0` against `t`, and the
@@ -186,7 +187,7 @@ def _fixed_points(model, xs, key, *, x, tol, num_starts):
     return {
         "input": fps.x,
         "kind": fps.kind,
-        "leading": "max Re(eig) of dF/dr"
+        "leading_eigenvalue_is": "max Re(eig) of dF/dr"
         if fps.kind == "continuous"
         else "max |eig| of df/dh",
         "tol": fps.tol,
