@@ -6,32 +6,25 @@ from pydantic import field_validator
 
 from ._base import (
     Count,
-    PositiveFloat,
     Split,
     Task,
-    TaskOptions,
     regression_metrics,
     rngs,
+    shared_options,
     uniform,
 )
 
 
-class FlipFlopOptions(TaskOptions):
-    """Options of `flipflop`."""
+class FlipFlopOptions(
+    shared_options(dt=0.5, num_steps=100, num_train=512, num_test=128)
+):
+    """Options of `flipflop` (`dt`: the task has no time scale of its own; it is
+    the integrator step a config takes by default, against the network's `τ`)."""
 
     bits: Count = 3
     """Number of channels `K` (input and output features); `2^K` memories."""
-    num_steps: Count = 100
-    """Steps per sequence."""
     p: float = 0.05
     """Probability of a pulse per step and channel, in (0, 1]."""
-    num_train: Count = 512
-    """Training sequences."""
-    num_test: Count = 128
-    """Test sequences."""
-    dt: PositiveFloat = 0.5
-    """Time per step. The task has no time scale of its own: this is the
-    integrator step a config takes by default (against the network's `τ`)."""
 
     @field_validator("p")
     @classmethod
