@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 import warnings
@@ -123,7 +124,10 @@ def _parser() -> argparse.ArgumentParser:
         help="analyse a trained model's dynamics (fixed points, Lyapunov, …)",
         description=(
             "Run one analysis of rnnode.analysis on RUN_DIR's model and some of its "
-            "test inputs; writes RUN_DIR/analysis/<what>.json and <what>.png."
+            "test inputs; writes RUN_DIR/analysis/<what>.json and <what>.png. "
+            "fixed_points prints a table (counts by stability; per point its "
+            "speed, largest eigenvalue and readout) and draws a 3-D PCA of the "
+            "visited states."
         ),
     )
     a.add_argument("run_dir", metavar="RUN_DIR")
@@ -139,6 +143,26 @@ def _parser() -> argparse.ArgumentParser:
         default=16,
         metavar="N",
         help="how many test sequences to pass to the analysis (default 16)",
+    )
+    a.add_argument(
+        "--input",
+        metavar="X1,X2,…",
+        help="fixed_points: the constant input to analyse, comma-separated (default: "
+        "the task's resting input, e.g. 0,0,0 for the flip-flop; zeros if it has none)",
+    )
+    a.add_argument(
+        "--tol",
+        type=float,
+        metavar="TOL",
+        help="fixed_points: the largest speed ||F|| kept as a fixed point; raise it "
+        "to keep slow points too (default 1e-8 in float64, ~1e-5 in float32)",
+    )
+    a.add_argument(
+        "--starts",
+        type=int,
+        metavar="N",
+        help="fixed_points: how many starts, drawn from the visited states plus "
+        "noise (default 64)",
     )
 
     c = sub.add_parser(
@@ -307,6 +331,10 @@ def _cmd_analyse(args) -> int:
     if args.sequences < 1:
         _err(f"--sequences: must be >= 1, got {args.sequences}")
         return EXIT_CONFIG
+    problem = _fixed_point_flags_problem(args)
+    if problem:
+        _err(problem)
+        return EXIT_CONFIG
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         _err(f"{run_dir} is not an rnnode run (no config.yaml)")
@@ -315,6 +343,16 @@ def _cmd_analyse(args) -> int:
     from .train._build import _dtype, _x64_context
 
     model, cfg, task = load_run(run_dir)
+    options = {}
+    if args.what == "fixed_points":
+        x, source = _fixed_point_input(args.input, task)
+        if len(x) != task.input_size:
+            _err(
+                f"--input: the model takes {task.input_size} input(s), got {len(x)} "
+                f"value(s) {args.input!r}; give {task.input_size} comma-separated numbers"
+            )
+            return EXIT_CONFIG
+        options = {"x": x, "tol": args.tol, "num_starts": args.starts}
     with _x64_context(cfg):
         import jax.numpy as jnp
 
@@ -336,18 +374,63 @@ def _cmd_analyse(args) -> int:
             ys=ys,
             loss=loss,
             weights=jnp.asarray(weights, xs.dtype),
+            **options,
         )
     if args.what == "alignment":
         print(analysis.GradientAlignment.from_dict(result))
-        print(f"Results in {out_dir}/ (alignment.json, alignment.png)")
-        return EXIT_OK
-    from .train._metrics import to_json
+    elif args.what == "fixed_points":
+        print(f"{run_dir}: fixed points at input ({args.input or source})")
+        print(analysis.fixed_point_table(result))
+    else:
+        from .train._metrics import to_json
 
-    text = to_json(result, indent=2, default=lambda o: repr(o))
-    lines = text.splitlines()
-    print("\n".join(lines[:40] + (["  …"] if len(lines) > 40 else [])))
+        text = to_json(result, indent=2, default=lambda o: repr(o))
+        lines = text.splitlines()
+        print("\n".join(lines[:40] + (["  …"] if len(lines) > 40 else [])))
     print(f"Results in {out_dir}/ ({args.what}.json, {args.what}.png)")
     return EXIT_OK
+
+
+def _fixed_point_flags_problem(args) -> str | None:
+    """What is wrong with `--input`, `--tol`, `--starts`, or `None`."""
+    given = [
+        f"--{name}"
+        for name in ("input", "tol", "starts")
+        if getattr(args, name) is not None
+    ]
+    if given and args.what != "fixed_points":
+        return (
+            f"{', '.join(given)}: only used by --what fixed_points, not {args.what}; "
+            "leave it out"
+        )
+    if args.tol is not None and not args.tol > 0:  # also NaN
+        return f"--tol: must be > 0, got {args.tol}"
+    if args.starts is not None and args.starts < 1:
+        return f"--starts: must be >= 1, got {args.starts}"
+    if args.input is not None:
+        try:
+            values = [float(v) for v in args.input.split(",")]
+        except ValueError:
+            return (
+                f"--input: expected comma-separated numbers such as 0,0,0, got "
+                f"{args.input!r}"
+            )
+        if not all(math.isfinite(v) for v in values):
+            return f"--input: the values must be finite, got {args.input!r}"
+    return None
+
+
+def _fixed_point_input(text: str | None, task) -> tuple[list[float], str]:
+    """The constant input of `--input` (checked), else the task's resting input,
+    else zeros; and words for where it came from."""
+    if text is not None:
+        return [float(v) for v in text.split(",")], "given"
+    if task.rest_input is not None:
+        label = ", ".join(f"{v:g}" for v in task.rest_input)
+        return list(task.rest_input), f"{label}: the task's resting input"
+    zeros = [0.0] * task.input_size
+    label = ", ".join("0" for _ in zeros)
+    return zeros, f"{label}: zeros, task {task.name} defines no resting input"
 
 
 def main(argv: list[str] | None = None) -> int:

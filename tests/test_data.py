@@ -25,6 +25,7 @@ NAMES = [
     "digits",
     "sunspots",
     "steady_state",
+    "flipflop",
 ]
 
 SMALL = {
@@ -38,6 +39,7 @@ SMALL = {
     "digits": dict(num_train=60, num_test=30),
     "sunspots": dict(num_steps=12, warmup=2, stride=3),
     "steady_state": dict(num_train=16, num_test=8),
+    "flipflop": dict(num_steps=30, num_train=4, num_test=4, p=0.2),
 }
 
 _cache = {}

@@ -422,6 +422,13 @@ SMALL = {
         "train.batch_size=16",
         "model.hidden_size=8",
     ],
+    "flipflop": [
+        "task.options.num_steps=20",
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
 }
 
 

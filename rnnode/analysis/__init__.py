@@ -10,8 +10,10 @@ from ._alignment import (
     plot_alignment as plot_alignment,
 )
 from ._fixed_points import (
+    STABILITIES as STABILITIES,
     FixedPoints as FixedPoints,
     find_fixed_points as find_fixed_points,
+    leading_eigenvalues as leading_eigenvalues,
     plot_fixed_points as plot_fixed_points,
 )
 from ._jacobians import (
@@ -32,4 +34,8 @@ from ._lyapunov import (
     lyapunov_exponents as lyapunov_exponents,
     plot_lyapunov as plot_lyapunov,
 )
-from ._run import ANALYSES as ANALYSES, run_analysis as run_analysis
+from ._run import (
+    ANALYSES as ANALYSES,
+    fixed_point_table as fixed_point_table,
+    run_analysis as run_analysis,
+)

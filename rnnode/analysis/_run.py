@@ -15,7 +15,12 @@ from .._losses import mse
 from .._model import Model, check_inputs
 from ._alignment import alignment_methods, gradient_alignment, plot_alignment
 from ._common import to_json
-from ._fixed_points import find_fixed_points, plot_fixed_points
+from ._fixed_points import (
+    STABILITIES,
+    find_fixed_points,
+    leading_eigenvalues,
+    plot_fixed_points,
+)
 from ._jacobians import (
     gradient_norm_vs_lag,
     jacobian_norm_vs_lag,
@@ -49,9 +54,12 @@ def run_analysis(
     loss: Callable[[Array, Array], Float[Array, ""]] = mse,
     key: PRNGKeyArray | None = None,
     weights: Float[ArrayLike, "time *batch"] | None = None,
+    x: Float[ArrayLike, " input"] | None = None,
+    tol: float | None = None,
+    num_starts: int | None = None,
 ) -> dict:
-    """Run the analysis `what` on the first sequence of `xs` (on all of them for
-    `"alignment"`); write
+    """Run the analysis `what` on the first sequence of `xs` (`"fixed_points"`
+    and `"alignment"`: on all of them); write
     `out_dir/<what>.json` (the numbers) and `out_dir/<what>.png` (the picture).
 
     - `"jacobian_spectrum"`: singular values of `∂h_t/∂h_0` against `t`, and the
@@ -62,8 +70,11 @@ def run_analysis(
       (exact for states up to 64 numbers, a lower bound from 64 vectors beyond).
     - `"lyapunov"`: the top `min(n, 32)` Lyapunov exponents of the driven
       dynamics, the first 10% of steps as transient (`lyapunov_exponents`).
-    - `"fixed_points"`: fixed points under zero input, from 64 starts on the
-      trajectory plus noise, on a PCA of it (`find_fixed_points`).
+    - `"fixed_points"`: fixed points under the constant input `x`, from
+      `num_starts` starts drawn from the states visited by every sequence of `xs`
+      plus noise (`find_fixed_points`), with each point's speed, eigenvalues,
+      largest eigenvalue and readout; the figure is a 3-D PCA of those states
+      (`plot_fixed_points(..., dims=3)`).
     - `"alignment"`: the cosine and norm ratio of every gradient method that
       applies to the model against the exact gradient, per parameter array,
       over all the sequences of `xs` (`gradient_alignment` with
@@ -80,22 +91,42 @@ def run_analysis(
     - `loss`: the per-step loss for `ys`, e.g. `rnnode.mse`, `rnnode.cross_entropy`.
     - `key`: randomness for the fixed-point starts (default `PRNGKey(0)`).
     - `weights`: the time weights of the loss for `"alignment"` (default `1/T`).
+    - `x`, `tol`, `num_starts` (`"fixed_points"` only): the constant input
+      (default zeros), the largest speed `‖F‖` kept as a fixed point (default
+      that of `find_fixed_points`; raise it to keep slow points too), and the
+      number of starts (default 64).
 
     **Returns:** the dictionary written to the JSON file.
     """
     if what not in ANALYSES:
         choices = ", ".join(f"`{a}`" for a in ANALYSES)
         raise ValueError(f"unknown analysis `what={what!r}`; choose one of {choices}")
+    options = {"x": x, "tol": tol, "num_starts": num_starts}
+    if what != "fixed_points":
+        for name, value in options.items():
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` is an option of `what='fixed_points'`, not of "
+                    f"`what={what!r}`; leave it out"
+                )
     xs = check_inputs(model, xs)
     if what == "alignment":
         return _write(
             what, _alignment(model, xs, ys, loss, weights), model, xs, out_dir
         )
+    key = jr.PRNGKey(0) if key is None else key
+    if what == "fixed_points":
+        return _write(
+            what,
+            _fixed_points(model, xs, key, **options),
+            model,
+            xs if xs.ndim == 2 else xs[:, 0],
+            out_dir,
+        )
     if xs.ndim == 3:
         xs = xs[:, 0]
         if ys is not None:
             ys = jax.tree.map(lambda a: jnp.asarray(a)[:, 0], ys)
-    key = jr.PRNGKey(0) if key is None else key
     return _write(what, _RUNNERS[what](model, xs, ys, loss, key), model, xs, out_dir)
 
 
@@ -162,24 +193,35 @@ def _lyapunov(model, xs, ys, loss, key):
     }, plot_lyapunov(spec)
 
 
-def _fixed_points(model, xs, ys, loss, key):
-    del ys, loss
-    hs, _ = model.rollout(xs)
-    x = jnp.zeros((model.input_size,), dtype=xs.dtype)
-    fps = find_fixed_points(model, x, num_starts=64, key=key, states=hs)
-    counts = {s: fps.stability.count(s) for s in sorted(set(fps.stability))}
+def _fixed_points(model, xs, key, *, x, tol, num_starts):
+    num_starts = 64 if num_starts is None else num_starts
+    hs, _ = model.rollout(xs)  # (T, state) or (T, batch, state)
+    x = jnp.zeros((model.input_size,)) if x is None else jnp.asarray(x)
+    fps = find_fixed_points(
+        model, x.astype(xs.dtype), num_starts=num_starts, key=key, tol=tol, states=hs
+    )
+    counts = {s: fps.stability.count(s) for s in STABILITIES}
+    readouts = jax.vmap(model.output)(jnp.asarray(fps.points, dtype=xs.dtype))
+    label = ", ".join(f"{v:g}" for v in np.asarray(fps.x))
+    fig = plot_fixed_points(fps, hs, title=f"fixed points at input ({label})", dims=3)
     return {
         "input": fps.x,
         "kind": fps.kind,
-        "num_starts": 64,
+        "leading_eigenvalue_is": "max Re(eig) of dF/dr"
+        if fps.kind == "continuous"
+        else "max |eig| of df/dh",
+        "tol": fps.tol,
+        "num_starts": num_starts,
         "num_converged": fps.num_converged,
         "num_fixed_points": len(fps.stability),
         "counts": counts,
         "points": fps.points,
         "speeds": fps.speeds,
         "stability": list(fps.stability),
+        "leading_eigenvalues": leading_eigenvalues(fps),
+        "readouts": readouts,
         "eigenvalues": fps.eigenvalues,
-    }, plot_fixed_points(fps, hs, title="fixed points (zero input)")
+    }, fig
 
 
 def _alignment(model, xs, ys, loss, weights):
@@ -195,5 +237,41 @@ _RUNNERS = {
     "jacobian_spectrum": _jacobian_spectrum,
     "gradient_norm": _gradient_norm,
     "lyapunov": _lyapunov,
-    "fixed_points": _fixed_points,
 }
+
+
+def fixed_point_table(result: dict, *, max_rows: int = 40) -> str:
+    """A short text table of a `run_analysis(..., what="fixed_points")` record:
+    the counts by stability, then one row per point (stable first, then by
+    speed): its stability, speed `‖F‖`, leading eigenvalue (`max Re λ` of the
+    vector field's Jacobian for continuous models, `max |λ|` of the map's for
+    discrete cells) and readout; at most `max_rows` rows."""
+    counts = result["counts"]
+    lead = "max Re λ" if result["kind"] == "continuous" else "max |λ|"
+    found = ", ".join(f"{counts[s]} {s}" for s in STABILITIES if counts.get(s))
+    lines = [
+        f"{result['num_fixed_points']} fixed points"
+        + (f" ({found})" if found else "")
+        + f" from {result['num_starts']} starts, {result['num_converged']} "
+        f"converged to speed ‖F‖ <= {result['tol']:.3g}"
+    ]
+    if not found:
+        lines.append("(more starts, or a larger tolerance, may find some)")
+        return "\n".join(lines)
+    lines.append(f"{'#':>3}  {'stability':<9}  {'speed ‖F‖':>9}  {lead:>9}  readout")
+    order = sorted(
+        range(result["num_fixed_points"]),
+        key=lambda i: (STABILITIES.index(result["stability"][i]), result["speeds"][i]),
+    )
+    for row, i in enumerate(order[:max_rows], 1):
+        out = np.asarray(result["readouts"][i], dtype=float).ravel()
+        shown = ", ".join(f"{v:+.2f}" for v in out[:6]) + (
+            ", …" if out.size > 6 else ""
+        )
+        lines.append(
+            f"{row:>3}  {result['stability'][i]:<9}  {result['speeds'][i]:>9.2e}  "
+            f"{result['leading_eigenvalues'][i]:>+9.3f}  ({shown})"
+        )
+    if len(order) > max_rows:
+        lines.append(f"  … {len(order) - max_rows} more in the JSON file")
+    return "\n".join(lines)

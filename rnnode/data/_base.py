@@ -177,6 +177,10 @@ class Task:
     - `metrics`: `metrics(outputs, split) -> dict[str, float]`, the named metrics
       (baselines included) of model outputs `(T, N, output_size)` on `split`.
     - `info`: JSON-serialisable facts (true parameters, normalisation, …).
+    - `rest_input`: the constant input under which the task's dynamics rest (for
+      the flip-flop, zeros: no pulse), `(input_size,)` floats; the input that
+      analyses such as fixed points look at by default. `None` when the task
+      has no such input.
     """
 
     name: str
@@ -189,6 +193,7 @@ class Task:
     dt: float
     metrics: Callable[[np.ndarray, Split], dict[str, float]]
     info: dict[str, Any]
+    rest_input: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -205,6 +210,8 @@ class Task:
                 raise ValueError("`Task.output_size` disagrees with the data")
             if self.kind == "equilibrium" and split.num_steps != 1:
                 raise ValueError("an equilibrium task has exactly one time step")
+        if self.rest_input is not None and len(self.rest_input) != self.input_size:
+            raise ValueError("`Task.rest_input` must have `input_size` entries")
 
 
 # Metrics. Each takes the model's outputs on a split and scores the steps that the

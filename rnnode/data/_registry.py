@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from ._add import AddOptions, add
 from ._base import Task
+from ._flipflop import FlipFlopOptions, flipflop
 from ._memory import AddingOptions, CopyOptions, adding, copy
 from ._oscillator import (
     OscillatorCTRNNOptions,
@@ -36,6 +37,7 @@ _TASKS = {
     "digits": (digits, DigitsOptions),
     "sunspots": (sunspots, SunspotsOptions),
     "steady_state": (steady_state, SteadyStateOptions),
+    "flipflop": (flipflop, FlipFlopOptions),
 }
 
 TASK_OPTIONS: dict[str, type[BaseModel]] = {
