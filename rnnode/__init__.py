@@ -50,6 +50,7 @@ from .gradients import (
     EquilibriumSolution as EquilibriumSolution,
     FixedPointIteration as FixedPointIteration,
     Implicit as Implicit,
+    LayerLocalRTRL as LayerLocalRTRL,
     RTRLState as RTRLState,
     Unrolled as Unrolled,
     adjoint_trajectory as adjoint_trajectory,

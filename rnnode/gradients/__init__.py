@@ -20,4 +20,5 @@ from ._implicit import (
     implicit_adjoint as implicit_adjoint,
     spectral_radius_estimate as spectral_radius_estimate,
 )
+from ._layer_local import LayerLocalRTRL as LayerLocalRTRL
 from ._rtrl import RTRL as RTRL, RTRLState as RTRLState

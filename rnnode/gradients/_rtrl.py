@@ -14,6 +14,13 @@ from .._integrate import Diffrax, _input_at
 from .._losses import mse
 from .._model import Model
 from ._base import AbstractGradient, scan_loss
+from ._rtrl_diagonal import (
+    init_traces,
+    is_diagonal,
+    lru_layers,
+    traced_loss_fwd,
+    traced_step,
+)
 from ._rtrl_structured import add_immediate, has_structure, structured_jacobians
 
 
@@ -145,6 +152,9 @@ class RTRL(AbstractGradient):
                     f"`RTRL.init(h0=...)` must have shape ({n},), got {h.shape}"
                 )
         learnt_h0 = model.learn_initial_state and h0 is None
+        if method == "diagonal":
+            traces = init_traces(model, lru_layers(model, "RTRL"))
+            return RTRLState(h=h, P=traces, t=jnp.asarray(t0, dtype=h.dtype))
         flat, treedef = jax.tree_util.tree_flatten_with_path(model)
         blocks = []
         for path, leaf in flat:
@@ -203,6 +213,19 @@ class RTRL(AbstractGradient):
             )
         x_next = x_t if x_next is None else jnp.asarray(x_next)
         t = state.t if t is None else jnp.asarray(t, dtype=state.t.dtype)
+        if method == "diagonal":
+            h, traces, value, grads = traced_step(
+                model,
+                lru_layers(model, "RTRL"),
+                state.h,
+                state.P,
+                x_t,
+                y_t,
+                lambda m, h, y: loss(m.output(h), y),
+            )
+            grads = jax.tree.map(lambda g: weight * g, grads)
+            new_state = RTRLState(h=h, P=traces, t=t + model.dt)
+            return new_state, weight * value, grads
         flat, treedef = jax.tree_util.tree_flatten_with_path(model)
         paths = [p for p, _ in flat]
         leaves = [v for _, v in flat]
@@ -269,6 +292,16 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
             "or `BPTT()`"
         )
     method = _method(strategy.structured, params)
+    if method == "diagonal" and p_h0:
+        method = "generic"  # a differentiated h0: the dense `∂h_t/∂h_0` path
+    if method == "diagonal" and strategy.block == 1:
+        total, grads = traced_loss_fwd(
+            params, lru_layers(params, "RTRL"), h0, inputs, targets, weights, loss
+        )
+        grads = jax.tree.map(
+            lambda p, g: g if p else None, p_params, grads, is_leaf=_is_none
+        )
+        return total, (grads, None)
     if strategy.block > 1 and method != "structured":
         raise ValueError(
             f"`RTRL(block={strategy.block})` needs a structured Jacobian, which "
@@ -574,6 +607,8 @@ def _method(structured, params) -> str:
         return "diffrax"
     if structured is False:
         return "generic"
+    if is_diagonal(params) and not params.learn_initial_state:
+        return "diagonal"  # an `LRU`: element-wise sensitivities, `_rtrl_diagonal.py`
     if has_structure(params):
         return "structured"
     if structured is True:
@@ -629,3 +664,7 @@ def _check_model(model, what: str) -> None:
         raise ValueError(
             f"`RTRL.{what}` needs an `rnnode.Model`, got {type(model).__name__}"
         )
+
+
+def _is_none(x) -> bool:
+    return x is None
