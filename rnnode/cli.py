@@ -184,7 +184,7 @@ def _metrics_line(test: dict) -> str:
 
 def _cmd_train(args) -> int:
     from .train import load_config, train
-    from .train._loop import load_run_config
+    from .train._saved import load_run_config
 
     if args.command == "resume":
         run_dir = Path(args.run_dir)
@@ -228,6 +228,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .train import evaluate
+    from .train._environment import format_environment
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -246,6 +247,10 @@ def _cmd_eval(args) -> int:
     if result.get("fitted_params"):
         print(f"  fitted parameters {result['fitted_params']}")
         print(f"  true parameters   {result.get('true_params')}")
+    for what, key in (("trained", "trained_environment"), ("evaluated", "environment")):
+        env = result.get(key)
+        text = format_environment(env) if env else "not recorded"
+        print(f"  {what} with " + text.replace("\n", "\n    "))
     print(f"(written to {run_dir / 'eval.json'})")
     return EXIT_OK
 
@@ -307,7 +312,7 @@ def _cmd_analyse(args) -> int:
         _err(f"{run_dir} is not an rnnode run (no config.yaml)")
         return EXIT_ERROR
     from .train import load_run
-    from .train._loop import _dtype, _x64_context
+    from .train._build import _dtype, _x64_context
 
     model, cfg, task = load_run(run_dir)
     with _x64_context(cfg):
@@ -350,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    from .train import EvaluationFailed, TrainingDiverged
     from .train._config import ConfigError
-    from .train._loop import EvaluationFailed, TrainingDiverged
 
     handlers = {
         "train": _cmd_train,
