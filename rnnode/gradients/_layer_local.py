@@ -79,12 +79,17 @@ class LayerLocalRTRL(AbstractGradient):
         *,
         loss: Callable[[Array, Array], Float[Array, ""]] = mse,
         weight: Float[ArrayLike, ""] = 1.0,
+        x_next: Float[ArrayLike, " input"] | None = None,
+        t: Float[ArrayLike, ""] | None = None,
     ) -> tuple[RTRLState, Float[Array, ""], PyTree]:
         """One online step: consume `x_t`, compare `model.output(h_t)` with `y_t`.
+        Same arguments as `RTRL.step` (`x_next` is unused: the LRU and the stack
+        are discrete cells).
 
         **Returns:** `(state, a_t l_t, grads)` with `grads` shaped like
         `eqx.filter(model, eqx.is_inexact_array)`, as `RTRL.step`.
         """
+        del x_next
         layers = _check(model)
         if not isinstance(state, RTRLState):
             raise ValueError(
@@ -107,7 +112,8 @@ class LayerLocalRTRL(AbstractGradient):
             lambda m, h, y: loss(m.output(h), y),
         )
         grads = jax.tree.map(lambda g: weight * g, grads)
-        new_state = RTRLState(h=h, P=traces, t=state.t + model.dt)
+        t = state.t if t is None else jnp.asarray(t, dtype=state.t.dtype)
+        new_state = RTRLState(h=h, P=traces, t=t + model.dt)
         return new_state, weight * value, grads
 
 

@@ -28,15 +28,18 @@ from pydantic import (
     model_validator,
 )
 
-DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru")
+DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru", "lru", "stack")
 VECTOR_FIELDS = ("ctrnn", "linear", "oscillator")
-CELLS = ("elman", "lstm", "gru")
+CELLS = ("elman", "lstm", "gru", "lru", "stack")
+LAYERS = ("lru", "gru", "lstm", "elman", "ctrnn")  # the cores a `stack` takes
 GRADIENTS = {
     "autodiff": "Autodiff",
     "bptt": "BPTT",
     "rtrl": "RTRL",
+    "layer_local": "LayerLocalRTRL",
     "implicit": "Implicit",
 }
+ONLINE = ("rtrl", "layer_local")  # methods with an online `init` / `step`
 DIFFRAX_SOLVERS = {
     "euler": "Euler",
     "heun": "Heun",
@@ -135,10 +138,33 @@ class IntegratorConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    """`model:` the dynamics, how they are integrated, and the readout."""
+class LayerConfig(_Strict):
+    """One entry of `model.layers:` (for `dynamics: stack`): a recurrent core."""
 
-    dynamics: Literal["ctrnn", "linear", "oscillator", "elman", "lstm", "gru"] = "ctrnn"
+    dynamics: Literal["lru", "gru", "lstm", "elman", "ctrnn"] = "lru"
+    hidden_size: int = Field(32, gt=0)
+    activation: Literal["tanh", "relu", "sigmoid", "softplus", "gelu", "identity"] = (
+        "tanh"
+    )
+    tau: float = Field(1.0, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        _check_core_keys(self, self.dynamics)
+        return self
+
+
+class ModelConfig(_Strict):
+    """`model:` the dynamics, how they are integrated, and the readout.
+
+    `dynamics: stack` takes `layers:` (a list of cores, each with `dynamics`,
+    `hidden_size`, `options`, …), the model `width`, `mixing` (glu, mlp) and `norm`
+    (pre, post, none); `integrator` then steps its ctrnn layers."""
+
+    dynamics: Literal[
+        "ctrnn", "linear", "oscillator", "elman", "lstm", "gru", "lru", "stack"
+    ] = "ctrnn"
     hidden_size: int = Field(32, gt=0)
     activation: Literal["tanh", "relu", "sigmoid", "softplus", "gelu", "identity"] = (
         "tanh"
@@ -148,10 +174,19 @@ class ModelConfig(_Strict):
     readout: Literal["linear", "none", "first"] = "linear"
     learn_initial_state: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    layers: list[LayerConfig] | None = None
+    width: int = Field(64, gt=0)
+    mixing: Literal["glu", "mlp"] = "glu"
+    norm: Literal["pre", "post", "none"] = "pre"
 
     @model_validator(mode="after")
     def _combinations(self):
         d = self.dynamics
+        if d == "stack":
+            return self._stack()
+        for key in ("layers", "width", "mixing", "norm"):
+            if self.explicit(key):
+                raise _PathError(key, f"only used by stack dynamics, not {d}")
         if d in CELLS and self.integrator is not None:
             raise _PathError(
                 "integrator",
@@ -165,18 +200,44 @@ class ModelConfig(_Strict):
             raise _PathError(
                 "hidden_size", f"not used by {d} dynamics (its state size is {size})"
             )
-        if d in ("linear", "oscillator", "lstm", "gru") and self.explicit("activation"):
-            raise _PathError("activation", f"not used by {d} dynamics")
-        if d != "ctrnn" and self.explicit("tau"):
-            raise _PathError("tau", f"only used by ctrnn dynamics, not {d}")
-        _check_kwargs(
-            self.options,
-            _dynamics_signature(d),
-            "options",
-            f"{d} dynamics",
-            exclude=_DYNAMICS_OWN_ARGS,
-        )
+        _check_core_keys(self, d)
         return self
+
+    def _stack(self):
+        if not self.layers:
+            raise _PathError(
+                "layers",
+                "stack dynamics need a non-empty list of layers, e.g. "
+                "[{dynamics: lru, hidden_size: 64}, {dynamics: lru, hidden_size: 64}]",
+            )
+        for key in ("hidden_size", "activation", "tau", "options"):
+            if self.explicit(key):
+                raise _PathError(
+                    key, f"set per layer for stack dynamics (model.layers[i].{key})"
+                )
+        if any(ly.dynamics in VECTOR_FIELDS for ly in self.layers):
+            if self.integrator is None:
+                self.integrator = IntegratorConfig()
+        elif self.integrator is not None:
+            raise _PathError(
+                "integrator", "only used by the ctrnn layers of a stack; it has none"
+            )
+        return self
+
+
+def _check_core_keys(m, d: str) -> None:
+    """The keys of a model (or of a stack's layer) that its dynamics `d` use."""
+    if d in ("linear", "oscillator", "lstm", "gru", "lru") and m.explicit("activation"):
+        raise _PathError("activation", f"not used by {d} dynamics")
+    if d != "ctrnn" and m.explicit("tau"):
+        raise _PathError("tau", f"only used by ctrnn dynamics, not {d}")
+    _check_kwargs(
+        m.options,
+        _dynamics_signature(d),
+        "options",
+        f"{d} dynamics",
+        exclude=_DYNAMICS_OWN_ARGS,
+    )
 
 
 class GradientConfig(_Strict):
@@ -186,7 +247,7 @@ class GradientConfig(_Strict):
     model_config = ConfigDict(
         extra="allow", strict=True, allow_inf_nan=False, validate_default=True
     )
-    name: Literal["autodiff", "bptt", "rtrl", "implicit"] = "autodiff"
+    name: Literal["autodiff", "bptt", "rtrl", "layer_local", "implicit"] = "autodiff"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -363,13 +424,13 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _combinations(self):
         g = self.gradient.name
-        if self.train.online and g != "rtrl":
+        if self.train.online and g not in ONLINE:
             raise _PathError(
                 "train.online",
                 f"online training updates the weights at every time step and needs "
-                f"gradient.name: rtrl, got {g}",
+                f"gradient.name: rtrl (or layer_local), got {g}",
             )
-        if self.task.name in EQUILIBRIUM_TASKS and g in ("bptt", "rtrl"):
+        if self.task.name in EQUILIBRIUM_TASKS and g in ("bptt", *ONLINE):
             raise _PathError(
                 "gradient.name",
                 f"{g} differentiates a sequence; task {self.task.name} is an "
@@ -489,6 +550,7 @@ def _dynamics_signature(name: str) -> inspect.Signature:
         "elman": rnnode.ElmanRNN,
         "lstm": rnnode.LSTM,
         "gru": rnnode.GRU,
+        "lru": rnnode.LRU,
     }[name]
     return inspect.signature(cls.__init__)
 
@@ -880,12 +942,15 @@ def dump_config(cfg: Config) -> dict:
     data = cfg.model_dump(mode="json")
     m = data["model"]
     d = m["dynamics"]
-    if d in ("linear", "oscillator"):
-        m.pop("hidden_size")
-    if d in ("linear", "oscillator", "lstm", "gru"):
-        m.pop("activation")
-    if d != "ctrnn":
-        m.pop("tau")
+    _drop_unused(m, d)
+    if d == "stack":
+        for ly in m["layers"]:
+            _drop_unused(ly, ly["dynamics"])
+        for key in ("hidden_size", "options"):
+            m.pop(key)
+    else:
+        for key in ("layers", "width", "mixing", "norm"):
+            m.pop(key)
     if m["integrator"] is None:
         m.pop("integrator")
     elif m["integrator"]["name"] != "diffrax":
@@ -913,6 +978,15 @@ def dump_config(cfg: Config) -> dict:
     return data
 
 
+def _drop_unused(m: dict, d: str) -> None:
+    if d in ("linear", "oscillator"):
+        m.pop("hidden_size")
+    if d in ("linear", "oscillator", "lstm", "gru", "lru", "stack"):
+        m.pop("activation")
+    if d != "ctrnn":
+        m.pop("tau")
+
+
 def check_against_task(cfg: Config, task) -> None:
     """The checks that need the built task (its kind and sizes); fills in the
     integrator's `dt` from the task when the config leaves it out.
@@ -923,7 +997,7 @@ def check_against_task(cfg: Config, task) -> None:
     kind = getattr(task, "kind", "sequence")
     g = cfg.gradient.name
     if kind == "equilibrium":
-        if g in ("bptt", "rtrl"):
+        if g in ("bptt", *ONLINE):
             errors.append(
                 f"gradient.name: {g} differentiates a sequence; task {task.name} is "
                 "an equilibrium task: use implicit (or autodiff)"
@@ -954,6 +1028,8 @@ def check_against_task(cfg: Config, task) -> None:
     observe = {
         "oscillator": 2,
         "linear": task.input_size,
+        "lru": task.input_size,
+        "stack": m.width,
     }.get(m.dynamics, m.hidden_size)
     loss_name = task.loss if cfg.loss.name == "task" else cfg.loss.name
     width = task.output_size
