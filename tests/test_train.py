@@ -349,6 +349,41 @@ SMALL = {
         "train.batch_size=32",
         "model.hidden_size=8",
     ],
+    "copy_lru": [
+        "task.options.length=2",
+        "task.options.delay=2",
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.width=8",
+        "model.layers=[{dynamics: lru, hidden_size: 4, options: {parallel: true}}]",
+        "optim.lr=0.01",
+    ],
+    "copy_lstm": [
+        "task.options.length=2",
+        "task.options.delay=2",
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+        "optim.lr=0.01",
+    ],
+    "digits_lru": [
+        "task.options.num_train=32",
+        "task.options.num_test=16",
+        "train.batch_size=32",
+        "model.width=8",
+        "model.layers=[{dynamics: lru, hidden_size: 4}, {dynamics: lru, hidden_size: 4}]",
+        "gradient.name=layer_local",
+        "optim.lr=0.01",
+    ],
+    "digits_lstm": [
+        "task.options.num_train=32",
+        "task.options.num_test=16",
+        "train.batch_size=32",
+        "model.hidden_size=8",
+        "optim.lr=0.01",
+    ],
     "sunspots": [
         "task.options.num_steps=10",
         "task.options.warmup=2",
@@ -363,7 +398,12 @@ SMALL = {
         "model.hidden_size=8",
     ],
 }
-NEEDS = {"bptt": "BPTT", "rtrl": "RTRL", "implicit": "Implicit"}
+NEEDS = {
+    "bptt": "BPTT",
+    "rtrl": "RTRL",
+    "layer_local": "LayerLocalRTRL",
+    "implicit": "Implicit",
+}
 
 
 def test_every_task_config_has_a_short_version():

@@ -137,7 +137,8 @@ def _advance(lru: LRU, h_prev, u, traces):
     s, g, e = traces
     lam = lru.eigenvalues()
     gamma = jnp.exp(lru.gamma_log)
-    gu = jax.lax.complex(gamma[:, None] * u[None, :], jnp.zeros((gamma.size, u.size)))
+    gu = gamma[:, None] * u[None, :]
+    gu = jax.lax.complex(gu, jnp.zeros_like(gu))
     return lam * s + h_prev, lam * g + lru.drive(u), lam[:, None] * e + gu
 
 

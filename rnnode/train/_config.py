@@ -428,7 +428,18 @@ class Config(_Strict):
             raise _PathError(
                 "train.online",
                 f"online training updates the weights at every time step and needs "
-                f"gradient.name: rtrl (or layer_local), got {g}",
+                f"gradient.name: rtrl, got {g} (layer_local also learns LRU models "
+                "online)",
+            )
+        m = self.model
+        lrus = m.dynamics == "lru" or (
+            m.dynamics == "stack" and all(ly.dynamics == "lru" for ly in m.layers)
+        )
+        if g == "layer_local" and not lrus:
+            raise _PathError(
+                "gradient.name",
+                "layer_local learns LRUs: it needs model.dynamics: lru, or a stack "
+                f"whose layers are all lru; got {m.dynamics} (use rtrl or bptt)",
             )
         if self.task.name in EQUILIBRIUM_TASKS and g in ("bptt", *ONLINE):
             raise _PathError(
