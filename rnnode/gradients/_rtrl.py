@@ -62,6 +62,11 @@ class RTRL(AbstractGradient):
     - **Generic path** (any step): `J_t` and `∂step/∂θ` from `n` vector-Jacobian
       products of the step (`jax.vmap(jax.vjp)` over the state basis), then one
       dense `J P` product. `n` VJPs are cheaper than `m` JVPs since `m ≫ n`.
+    - **Element-wise path** (a `Model` of an `LRU`, fixed initial state): the
+      Jacobian is diagonal, so each unit's sensitivities follow their own scalar
+      recursions, `O(n m)` numbers and work per step (see
+      `rnnode/gradients/_rtrl_diagonal.py`); `RTRLState.P` then holds the complex
+      traces `(∂h/∂λ, ∂h/∂γ_log, ∂h/∂B_re)` per layer.
     - **`Diffrax` integrator**: the sensitivity ODE `dP/dt = (∂F/∂r) P + ∂F/∂θ` is
       integrated alongside `r` with the model's own solver, step-size controller and
       `dt0` over each interval, not differentiated through the solver.
