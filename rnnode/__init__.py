@@ -33,9 +33,11 @@ from ._losses import (
     mse as mse,
     uniform_weights as uniform_weights,
 )
+from ._lru import LRU as LRU, AbstractSequenceCell as AbstractSequenceCell
 from ._model import Linear as Linear, Model as Model
 from ._nn_ode import NNODESolution as NNODESolution, solve_ode_nn as solve_ode_nn
 from ._sequence import sequence_loss as sequence_loss
+from ._stack import Stack as Stack
 from .gradients import (
     BPTT as BPTT,
     KFRTRL as KFRTRL,
@@ -56,6 +58,7 @@ from .gradients import (
     EquilibriumSolution as EquilibriumSolution,
     FixedPointIteration as FixedPointIteration,
     Implicit as Implicit,
+    LayerLocalRTRL as LayerLocalRTRL,
     OnlineState as OnlineState,
     RTRLState as RTRLState,
     SnAp as SnAp,

@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._dynamics import AbstractCell, AbstractDynamics, AbstractVectorField, _check_size
 from ._integrate import AbstractIntegrator
+from ._lru import AbstractSequenceCell
 from ._step_inputs import SequenceInputs
 
 
@@ -127,6 +128,13 @@ class Model(eqx.Module):
     def input_size(self) -> int:
         return self.dynamics.input_size
 
+    @property
+    def parallel(self) -> bool:
+        """Whether whole sequences run by the dynamics' own parallel path (an
+        `LRU(..., parallel=True)`, or a `Stack` with such layers)."""
+        dyn = self.dynamics
+        return isinstance(dyn, AbstractSequenceCell) and dyn.parallel
+
     def init_state(self) -> Float[Array, " state"]:
         """The initial state (zeros, given, or learnt)."""
         if self.initial_state is None:
@@ -194,6 +202,9 @@ class Model(eqx.Module):
             )
             return fn(xs, h0)
         h = self.init_state() if h0 is None else jnp.asarray(h0)
+        if self.parallel:
+            hs = self.dynamics.sequence(h, xs)
+            return hs, jax.vmap(self.output)(hs)
 
         inputs = self.sequence_inputs(xs, t0)
 

@@ -41,7 +41,10 @@ def sequence_loss(
       `None` means `1/T` (the time average). See `uniform_weights`,
       `integral_weights`, `last_step_weights`, `mask_weights`.
     - `gradient`: how `jax.grad` of this loss is computed: `Autodiff()` (default),
-      `BPTT(...)`, `RTRL(...)`.
+      `BPTT(...)`, `RTRL(...)`. With `Autodiff()`, a model whose dynamics run in
+      parallel (`LRU(..., parallel=True)`, or a `Stack` of such layers) computes
+      the states of the whole sequence by a parallel scan, and `jax.grad` goes
+      back through it; the other methods step the model one input at a time.
     - `h0`: initial state(s); default `model.init_state()`.
     - `t0`: the time of the first sample.
 
@@ -63,6 +66,11 @@ def sequence_loss(
     def one(x, y, a, h):
         if h is None:
             h = model.init_state()
+        if model.parallel and isinstance(gradient, Autodiff):
+            # the whole sequence at once (a parallel scan), differentiated by JAX
+            hs = model.dynamics.sequence(jnp.asarray(h, dtype=x.dtype), x)
+            ls = jax.vmap(lambda h, y: loss(model.output(h), y))(hs, y)
+            return jnp.sum(a * ls)
         return gradient.loss(
             step=step,
             loss=step_loss,

@@ -102,3 +102,20 @@ def test_bench_implicit(tmp_path):
     assert {"implicit", "unrolled", "optimistix", "optimistix-joint"} <= methods
     for r in rows:  # float64 gradients against unrolled autodiff
         assert _float(r[10]) < 1e-8, r
+
+
+def test_bench_lru(tmp_path):
+    out = tmp_path / "lru.md"
+    _run(
+        "bench_lru.py",
+        *("--T", "40", "--n", "4", "--m", "2", "--repeats", "1", "--out", str(out)),
+    )
+    rows = _table(out.read_text(), "| T | call | path |")
+    assert [(r[1], r[2]) for r in rows] == [
+        ("forward", "sequential (lax.scan)"),
+        ("forward", "parallel (associative_scan)"),
+        ("value_and_grad", "sequential (lax.scan)"),
+        ("value_and_grad", "parallel (associative_scan)"),
+    ]
+    for r in rows:  # float32: the two paths agree to rounding
+        assert _float(r[7]) < 1e-4 and _float(r[3]) > 0, r

@@ -186,6 +186,19 @@ def test_digits_split_is_disjoint_stratified_and_complete():
     assert chance["cross_entropy"] == pytest.approx(math.log(10))
 
 
+def test_digits_read_pixel_by_pixel():
+    rows, pixels = (
+        make_task("digits", {"read": r}, seed=1) for r in ("rows", "pixels")
+    )
+    assert pixels.train.xs.shape == (64, rows.train.num_sequences, 1)
+    assert pixels.input_size == 1
+    # the same images, row-major, one pixel a step; scored at the last step
+    flat = rows.train.xs.transpose(1, 0, 2).reshape(-1, 64)
+    np.testing.assert_array_equal(pixels.train.xs[:, :, 0].T, flat)
+    np.testing.assert_array_equal(pixels.train.weights, [0] * 63 + [1])
+    np.testing.assert_array_equal(pixels.train.ys[-1], rows.train.ys[-1])
+
+
 def test_sunspots_windows_and_persistence():
     from statsmodels.datasets import sunspots
 

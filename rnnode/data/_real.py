@@ -3,7 +3,7 @@ handwritten digits and statsmodels' yearly sunspot numbers."""
 
 import functools
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
@@ -37,6 +37,9 @@ class DigitsOptions(TaskOptions):
     """Use only this many training images (default: all)."""
     num_test: Count | None = None
     """Use only this many test images (default: all)."""
+    read: Literal["rows", "pixels"] = "rows"
+    """`rows`: 8 steps of 8 pixels; `pixels`: 64 steps of one pixel (sequential
+    digits, the small cousin of sequential MNIST)."""
 
     @field_validator("num_train", "num_test")
     @classmethod
@@ -60,8 +63,9 @@ def digits(o: DigitsOptions, *, seed: int) -> Task:
     recognition of handwritten digits test set, 1797 images): each image is a
     sequence of 8 steps (its rows) of 8 features (the pixels, scaled from 0..16 to
     [0, 1]). Labels `(8, N)` repeat the digit at every step; only the last step is
-    scored (weights `(0, …, 0, 1)`). The train/test split is stratified, shuffled
-    with the seed.
+    scored (weights `(0, …, 0, 1)`). With `read: pixels` each image is instead 64
+    steps of one pixel each, in row-major order. The train/test split is
+    stratified, shuffled with the seed.
 
     **Metrics:** `accuracy`, `cross_entropy`; `chance_accuracy = 0.1`,
     `chance_cross_entropy = log 10`.
@@ -80,16 +84,19 @@ def digits(o: DigitsOptions, *, seed: int) -> Task:
     )
     train_idx, test_idx = train_idx[: o.num_train], test_idx[: o.num_test]
 
+    T, width = (8, 8) if o.read == "rows" else (64, 1)
+
     def split(index):
-        xs = np.transpose(images[index], (1, 0, 2))  # (rows, N, columns)
-        ys = np.broadcast_to(labels[index], (8, len(index)))
-        return Split(xs=np.array(xs), ys=np.array(ys), weights=last_step(8))
+        seq = images[index].reshape(len(index), T, width)
+        xs = np.transpose(seq, (1, 0, 2))  # (time, N, features)
+        ys = np.broadcast_to(labels[index], (T, len(index)))
+        return Split(xs=np.array(xs), ys=np.array(ys), weights=last_step(T))
 
     return Task(
         name="digits",
         train=split(train_idx),
         test=split(test_idx),
-        input_size=8,
+        input_size=width,
         output_size=10,
         loss="cross_entropy",
         kind="sequence",
@@ -98,7 +105,11 @@ def digits(o: DigitsOptions, *, seed: int) -> Task:
         info={
             "num_classes": 10,
             "source": "sklearn.datasets.load_digits",
-            "encoding": "step = image row, features = its 8 pixels / 16",
+            "encoding": (
+                "step = image row, features = its 8 pixels / 16"
+                if o.read == "rows"
+                else "step = one pixel / 16, row by row"
+            ),
         },
     )
 

@@ -24,6 +24,7 @@ from ._implicit import (
     spectral_radius_estimate as spectral_radius_estimate,
 )
 from ._kf_rtrl import KFRTRL as KFRTRL
+from ._layer_local import LayerLocalRTRL as LayerLocalRTRL
 from ._online import (
     AbstractOnlineGradient as AbstractOnlineGradient,
     AbstractTraceGradient as AbstractTraceGradient,

@@ -16,6 +16,13 @@ from .._model import Model
 from .._step_inputs import step_at
 from ._base import AbstractStepwiseGradient, scan_loss
 from ._online import AbstractOnlineGradient
+from ._rtrl_diagonal import (
+    init_traces,
+    is_diagonal,
+    lru_layers,
+    traced_loss_fwd,
+    traced_step,
+)
 from ._rtrl_structured import (
     add_immediate,
     has_structure,
@@ -64,6 +71,11 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
     - **Generic path** (any step): `J_t` and `∂step/∂θ` from `n` vector-Jacobian
       products of the step (`jax.vmap(jax.vjp)` over the state basis), then one
       dense `J P` product. `n` VJPs are cheaper than `m` JVPs since `m ≫ n`.
+    - **Element-wise path** (a `Model` of an `LRU`, fixed initial state): the
+      Jacobian is diagonal, so each unit's sensitivities follow their own scalar
+      recursions, `O(n m)` numbers and work per step (see
+      `rnnode/gradients/_rtrl_diagonal.py`); `RTRLState.P` then holds the complex
+      traces `(∂h/∂λ, ∂h/∂γ_log, ∂h/∂B_re)` per layer.
     - **`Diffrax` integrator**: the sensitivity ODE `dP/dt = (∂F/∂r) P + ∂F/∂θ` is
       integrated alongside `r` with the model's own solver, step-size controller and
       `dt0` over each interval, not differentiated through the solver.
@@ -157,6 +169,9 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
                     f"`RTRL.init(h0=...)` must have shape ({n},), got {h.shape}"
                 )
         learnt_h0 = model.learn_initial_state and h0 is None
+        if method == "diagonal":
+            traces = init_traces(model, lru_layers(model, "RTRL"))
+            return RTRLState(h=h, P=traces, t=jnp.asarray(t0, dtype=h.dtype))
         flat, treedef = jax.tree_util.tree_flatten_with_path(model)
         blocks = []
         for path, leaf in flat:
@@ -215,6 +230,19 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
             )
         x_next = x_t if x_next is None else jnp.asarray(x_next)
         t = state.t if t is None else jnp.asarray(t, dtype=state.t.dtype)
+        if method == "diagonal":
+            h, traces, value, grads = traced_step(
+                model,
+                lru_layers(model, "RTRL"),
+                state.h,
+                state.P,
+                x_t,
+                y_t,
+                lambda m, h, y: loss(m.output(h), y),
+            )
+            grads = jax.tree.map(lambda g: weight * g, grads)
+            new_state = RTRLState(h=h, P=traces, t=t + model.dt)
+            return new_state, weight * value, grads
         flat, treedef = jax.tree_util.tree_flatten_with_path(model)
         paths = [p for p, _ in flat]
         leaves = [v for _, v in flat]
@@ -282,6 +310,16 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
             "or `BPTT()`"
         )
     method = _method(strategy.structured, params)
+    if method == "diagonal" and p_h0:
+        method = "generic"  # a differentiated h0: the dense `∂h_t/∂h_0` path
+    if method == "diagonal" and strategy.block == 1:
+        total, grads = traced_loss_fwd(
+            params, lru_layers(params, "RTRL"), h0, inputs, targets, weights, loss
+        )
+        grads = jax.tree.map(
+            lambda p, g: g if p else None, p_params, grads, is_leaf=_is_none
+        )
+        return total, (grads, None)
     if strategy.block > 1 and method != "structured":
         raise ValueError(
             f"`RTRL(block={strategy.block})` needs a structured Jacobian, which "
@@ -598,6 +636,8 @@ def _method(structured, params) -> str:
         return "diffrax"
     if structured is False:
         return "generic"
+    if is_diagonal(params) and not params.learn_initial_state:
+        return "diagonal"  # an `LRU`: element-wise sensitivities, `_rtrl_diagonal.py`
     if has_structure(params):
         return "structured"
     if structured is True:
@@ -667,3 +707,7 @@ def _check_model(model, what: str) -> None:
         raise ValueError(
             f"`RTRL.{what}` needs an `rnnode.Model`, got {type(model).__name__}"
         )
+
+
+def _is_none(x) -> bool:
+    return x is None

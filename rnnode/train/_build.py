@@ -81,34 +81,27 @@ def build_model(cfg: Config, task, key) -> rnnode.Model:
     """The model the config describes, sized for `task`, initialised from `key`."""
     m = cfg.model
     dkey, rkey = jr.split(key)
-    opts = dict(m.options)
-    n, inp = m.hidden_size, task.input_size
     try:
-        if m.dynamics == "ctrnn":
-            dyn = rnnode.CTRNN(
-                n,
-                inp,
-                tau=m.tau,
-                activation=m.activation,
-                form=m.form,
-                density=m.density,
-                key=dkey,
-                **opts,
+        if m.dynamics == "stack":
+            keys = jr.split(dkey, len(m.layers) + 1)
+            dyn = rnnode.Stack(
+                [
+                    _core(ly, ly.dynamics, m.width, k)
+                    for ly, k in zip(m.layers, keys[1:], strict=True)
+                ],
+                input_size=task.input_size,
+                mixing=m.mixing,
+                norm=m.norm,
+                integrator=None
+                if m.integrator is None
+                else build_integrator(m.integrator),
+                key=keys[0],
             )
-        elif m.dynamics == "linear":
-            dyn = rnnode.LinearExample(size=inp, **opts)
-        elif m.dynamics == "oscillator":
-            dyn = rnnode.DampedOscillator(**opts)
-        elif m.dynamics == "elman":
-            dyn = rnnode.ElmanRNN(
-                n, inp, activation=m.activation, density=m.density, key=dkey, **opts
-            )
-        elif m.dynamics == "lstm":
-            dyn = rnnode.LSTM(n, inp, key=dkey, **opts)
         else:
-            dyn = rnnode.GRU(n, inp, key=dkey, **opts)
+            dyn = _core(m, m.dynamics, task.input_size, dkey)
     except (ValueError, TypeError) as e:
-        raise ConfigError([f"model.options: {_one_line(e)}"]) from None
+        where = "model.layers" if m.dynamics == "stack" else "model.options"
+        raise ConfigError([f"{where}: {_one_line(e)}"]) from None
     if m.readout == "linear":
         readout = rnnode.Linear(dyn.observe_size, task.output_size, key=rkey)
     elif m.readout == "first":
@@ -119,6 +112,35 @@ def build_model(cfg: Config, task, key) -> rnnode.Model:
     return rnnode.Model(
         dyn, integrator, readout, learn_initial_state=m.learn_initial_state
     )
+
+
+def _core(m, dynamics: str, inp: int, key):
+    """The dynamics `dynamics` from a model's (or a stack layer's) config keys."""
+    opts, n = dict(m.options), m.hidden_size
+    if dynamics == "ctrnn":
+        return rnnode.CTRNN(
+            n,
+            inp,
+            tau=m.tau,
+            activation=m.activation,
+            form=m.form,
+            density=m.density,
+            key=key,
+            **opts,
+        )
+    if dynamics == "linear":
+        return rnnode.LinearExample(size=inp, **opts)
+    if dynamics == "oscillator":
+        return rnnode.DampedOscillator(**opts)
+    if dynamics == "elman":
+        return rnnode.ElmanRNN(
+            n, inp, activation=m.activation, density=m.density, key=key, **opts
+        )
+    if dynamics == "lstm":
+        return rnnode.LSTM(n, inp, key=key, **opts)
+    if dynamics == "lru":
+        return rnnode.LRU(n, inp, key=key, **opts)
+    return rnnode.GRU(n, inp, key=key, **opts)
 
 
 def build_gradient(cfg: Config):
@@ -330,7 +352,9 @@ class _Setup:
             return model, optimiser.init(params), train_key
 
         # a sparse network's mask is drawn when it is built, from a concrete key
-        init = init if cfg.model.density < 1 else eqx.filter_jit(init)
+        layers = cfg.model.layers or []
+        sparse = cfg.model.density < 1 or any(ly.density < 1 for ly in layers)
+        init = init if sparse else eqx.filter_jit(init)
         self.model, self.opt_state, self.train_key = init()
         self.params, self.static = eqx.partition(self.model, eqx.is_inexact_array)
         check_gradient_applies(cfg, self.gradient, self.model)

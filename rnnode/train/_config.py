@@ -28,15 +28,17 @@ from pydantic import (
     model_validator,
 )
 
-DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru")
+DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru", "lru", "stack")
 VECTOR_FIELDS = ("ctrnn", "linear", "oscillator")
-CELLS = ("elman", "lstm", "gru")
+CELLS = ("elman", "lstm", "gru", "lru", "stack")
+LAYERS = ("lru", "gru", "lstm", "elman", "ctrnn")  # the cores a `stack` takes
 # gradient names → rnnode class names; a class's keyword arguments are the
 # `gradient:` section's options
 GRADIENTS = {
     "autodiff": "Autodiff",
     "bptt": "BPTT",
     "rtrl": "RTRL",
+    "layer_local": "LayerLocalRTRL",
     "implicit": "Implicit",
     "snap": "SnAp",
     "uoro": "UORO",
@@ -45,7 +47,7 @@ GRADIENTS = {
     "eprop": "EProp",
 }
 # the methods with an online `init` / `step` (for `train.online: true`)
-ONLINE_GRADIENTS = ("rtrl", "snap", "uoro", "kf_rtrl", "rflo", "eprop")
+ONLINE_GRADIENTS = ("rtrl", "snap", "uoro", "kf_rtrl", "rflo", "eprop", "layer_local")
 # the methods that differentiate an equilibrium (the rest differentiate a sequence)
 EQUILIBRIUM_GRADIENTS = ("autodiff", "implicit")
 DIFFRAX_SOLVERS = {
@@ -147,10 +149,35 @@ class IntegratorConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    """`model:` the dynamics, how they are integrated, and the readout."""
+class LayerConfig(_Strict):
+    """One entry of `model.layers:` (for `dynamics: stack`): a recurrent core."""
 
-    dynamics: Literal["ctrnn", "linear", "oscillator", "elman", "lstm", "gru"] = "ctrnn"
+    dynamics: Literal["lru", "gru", "lstm", "elman", "ctrnn"] = "lru"
+    hidden_size: int = Field(32, gt=0)
+    activation: Literal["tanh", "relu", "sigmoid", "softplus", "gelu", "identity"] = (
+        "tanh"
+    )
+    tau: float = Field(1.0, gt=0)
+    form: Literal["current", "rate"] = "current"
+    density: float = Field(1.0, gt=0, le=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        _check_core_keys(self, self.dynamics)
+        return self
+
+
+class ModelConfig(_Strict):
+    """`model:` the dynamics, how they are integrated, and the readout.
+
+    `dynamics: stack` takes `layers:` (a list of cores, each with `dynamics`,
+    `hidden_size`, `options`, …), the model `width`, `mixing` (glu, mlp) and `norm`
+    (pre, post, none); `integrator` then steps its ctrnn layers."""
+
+    dynamics: Literal[
+        "ctrnn", "linear", "oscillator", "elman", "lstm", "gru", "lru", "stack"
+    ] = "ctrnn"
     hidden_size: int = Field(32, gt=0)
     activation: Literal["tanh", "relu", "sigmoid", "softplus", "gelu", "identity"] = (
         "tanh"
@@ -162,10 +189,19 @@ class ModelConfig(_Strict):
     readout: Literal["linear", "none", "first"] = "linear"
     learn_initial_state: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    layers: list[LayerConfig] | None = None
+    width: int = Field(64, gt=0)
+    mixing: Literal["glu", "mlp"] = "glu"
+    norm: Literal["pre", "post", "none"] = "pre"
 
     @model_validator(mode="after")
     def _combinations(self):
         d = self.dynamics
+        if d == "stack":
+            return self._stack()
+        for key in ("layers", "width", "mixing", "norm"):
+            if self.explicit(key):
+                raise _PathError(key, f"only used by stack dynamics, not {d}")
         if d in CELLS and self.integrator is not None:
             raise _PathError(
                 "integrator",
@@ -179,23 +215,47 @@ class ModelConfig(_Strict):
             raise _PathError(
                 "hidden_size", f"not used by {d} dynamics (its state size is {size})"
             )
-        if d in ("linear", "oscillator", "lstm", "gru") and self.explicit("activation"):
-            raise _PathError("activation", f"not used by {d} dynamics")
-        for key in ("tau", "form"):
-            if d != "ctrnn" and self.explicit(key):
-                raise _PathError(key, f"only used by ctrnn dynamics, not {d}")
-        if d not in ("ctrnn", "elman") and self.explicit("density"):
-            raise _PathError(
-                "density", f"only used by ctrnn and elman dynamics, not {d}"
-            )
-        _check_kwargs(
-            self.options,
-            _dynamics_signature(d),
-            "options",
-            f"{d} dynamics",
-            exclude=_DYNAMICS_OWN_ARGS,
-        )
+        _check_core_keys(self, d)
         return self
+
+    def _stack(self):
+        if not self.layers:
+            raise _PathError(
+                "layers",
+                "stack dynamics need a non-empty list of layers, e.g. "
+                "[{dynamics: lru, hidden_size: 64}, {dynamics: lru, hidden_size: 64}]",
+            )
+        for key in ("hidden_size", "activation", "tau", "form", "density", "options"):
+            if self.explicit(key):
+                raise _PathError(
+                    key, f"set per layer for stack dynamics (model.layers[i].{key})"
+                )
+        if any(ly.dynamics in VECTOR_FIELDS for ly in self.layers):
+            if self.integrator is None:
+                self.integrator = IntegratorConfig()
+        elif self.integrator is not None:
+            raise _PathError(
+                "integrator", "only used by the ctrnn layers of a stack; it has none"
+            )
+        return self
+
+
+def _check_core_keys(m, d: str) -> None:
+    """The keys of a model (or of a stack's layer) that its dynamics `d` use."""
+    if d in ("linear", "oscillator", "lstm", "gru", "lru") and m.explicit("activation"):
+        raise _PathError("activation", f"not used by {d} dynamics")
+    for key in ("tau", "form"):
+        if d != "ctrnn" and m.explicit(key):
+            raise _PathError(key, f"only used by ctrnn dynamics, not {d}")
+    if d not in ("ctrnn", "elman") and m.explicit("density"):
+        raise _PathError("density", f"only used by ctrnn and elman dynamics, not {d}")
+    _check_kwargs(
+        m.options,
+        _dynamics_signature(d),
+        "options",
+        f"{d} dynamics",
+        exclude=_DYNAMICS_OWN_ARGS,
+    )
 
 
 class GradientConfig(_Strict):
@@ -393,6 +453,16 @@ class Config(_Strict):
                 f"online training updates the weights at every time step and needs "
                 f"an online gradient.name ({', '.join(ONLINE_GRADIENTS)}), got {g}",
             )
+        m = self.model
+        lrus = m.dynamics == "lru" or (
+            m.dynamics == "stack" and all(ly.dynamics == "lru" for ly in m.layers)
+        )
+        if g == "layer_local" and not lrus:
+            raise _PathError(
+                "gradient.name",
+                "layer_local learns LRUs: it needs model.dynamics: lru, or a stack "
+                f"whose layers are all lru; got {m.dynamics} (use rtrl or bptt)",
+            )
         if self.task.name in EQUILIBRIUM_TASKS and g not in EQUILIBRIUM_GRADIENTS:
             raise _PathError(
                 "gradient.name",
@@ -513,6 +583,7 @@ def _dynamics_signature(name: str) -> inspect.Signature:
         "elman": rnnode.ElmanRNN,
         "lstm": rnnode.LSTM,
         "gru": rnnode.GRU,
+        "lru": rnnode.LRU,
     }[name]
     return inspect.signature(cls.__init__)
 
@@ -904,15 +975,15 @@ def dump_config(cfg: Config) -> dict:
     data = cfg.model_dump(mode="json")
     m = data["model"]
     d = m["dynamics"]
-    if d in ("linear", "oscillator"):
-        m.pop("hidden_size")
-    if d in ("linear", "oscillator", "lstm", "gru"):
-        m.pop("activation")
-    if d != "ctrnn":
-        m.pop("tau")
-        m.pop("form")
-    if d not in ("ctrnn", "elman"):
-        m.pop("density")
+    _drop_unused(m, d)
+    if d == "stack":
+        for ly in m["layers"]:
+            _drop_unused(ly, ly["dynamics"])
+        for key in ("hidden_size", "options"):
+            m.pop(key)
+    else:
+        for key in ("layers", "width", "mixing", "norm"):
+            m.pop(key)
     if m["integrator"] is None:
         m.pop("integrator")
     elif m["integrator"]["name"] != "diffrax":
@@ -938,6 +1009,18 @@ def dump_config(cfg: Config) -> dict:
     else:
         data.pop("equilibrium")
     return data
+
+
+def _drop_unused(m: dict, d: str) -> None:
+    if d in ("linear", "oscillator"):
+        m.pop("hidden_size")
+    if d in ("linear", "oscillator", "lstm", "gru", "lru", "stack"):
+        m.pop("activation")
+    if d != "ctrnn":
+        m.pop("tau")
+        m.pop("form")
+    if d not in ("ctrnn", "elman"):
+        m.pop("density")
 
 
 def check_against_task(cfg: Config, task) -> None:
@@ -981,6 +1064,8 @@ def check_against_task(cfg: Config, task) -> None:
     observe = {
         "oscillator": 2,
         "linear": task.input_size,
+        "lru": task.input_size,
+        "stack": m.width,
     }.get(m.dynamics, m.hidden_size)
     loss_name = task.loss if cfg.loss.name == "task" else cfg.loss.name
     width = task.output_size
