@@ -190,7 +190,7 @@ def _metrics_line(test: dict) -> str:
 
 def _cmd_train(args) -> int:
     from .train import load_config, train
-    from .train._loop import load_run_config
+    from .train._saved import load_run_config
 
     if args.command == "resume":
         run_dir = Path(args.run_dir)
@@ -313,7 +313,7 @@ def _cmd_analyse(args) -> int:
         _err(f"{run_dir} is not an rnnode run (no config.yaml)")
         return EXIT_ERROR
     from .train import load_run
-    from .train._loop import _dtype, _x64_context
+    from .train._build import _dtype, _x64_context
 
     model, cfg, task = load_run(run_dir)
     with _x64_context(cfg):
@@ -365,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    from .train import EvaluationFailed, TrainingDiverged
     from .train._config import ConfigError
-    from .train._loop import EvaluationFailed, TrainingDiverged
 
     handlers = {
         "train": _cmd_train,

@@ -23,7 +23,8 @@ from rnnode.train import (
     load_run,
     train,
 )
-from rnnode.train._loop import _TRACES, _fresh_dir
+from rnnode.train._run import _fresh_dir
+from rnnode.train._steps import _TRACES
 
 # A few-second version of the quickstart (30 steps, checkpoints at 15 and 30).
 TINY = [

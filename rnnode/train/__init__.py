@@ -9,6 +9,7 @@ model, cfg, task = load_run(summary["run_dir"])
 ```
 """
 
+from ._build import build_model as build_model
 from ._checkpoint import (
     CheckpointError as CheckpointError,
     CheckpointWarning as CheckpointWarning,
@@ -20,11 +21,9 @@ from ._config import (
     load_config as load_config,
     validate_config as validate_config,
 )
-from ._loop import (
+from ._run import TrainingDiverged as TrainingDiverged, train as train
+from ._saved import (
     EvaluationFailed as EvaluationFailed,
-    TrainingDiverged as TrainingDiverged,
-    build_model as build_model,
     evaluate as evaluate,
     load_run as load_run,
-    train as train,
 )

@@ -1,0 +1,365 @@
+"""Objects built from a config: the task, the model and its integrator, the
+gradient method, the optimiser and its schedule, the loss function and the data
+as device arrays; `prepare` builds (and caches) them all before a run writes
+anything."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+import rnnode
+
+from ._config import (
+    CELLS,
+    DIFFRAX_SOLVERS,
+    Config,
+    ConfigError,
+    _one_line,
+    check_against_task,
+    gradient_class,
+)
+
+
+class First(eqx.Module):
+    """Readout `o = h[:size]`: the first `size` observed values (e.g. the position
+    of an oscillator's `(x, v)`)."""
+
+    size: int = eqx.field(static=True)
+
+    def __call__(self, h):
+        return h[: self.size]
+
+
+def make_task(cfg: Config):
+    """The config's task (`rnnode.data.make_task`)."""
+    try:
+        from rnnode import data
+    except ImportError as e:  # pragma: no cover
+        raise RuntimeError(f"rnnode.data is not available: {e}") from None
+    try:
+        return data.make_task(cfg.task.name, dict(cfg.task.options), seed=cfg.task.seed)
+    except (ValueError, TypeError) as e:
+        raise ConfigError([f"task: {_one_line(e)}"]) from None
+
+
+def build_integrator(ic):
+    if ic is None:
+        return None
+    dt = float(ic.dt)
+    if ic.name == "euler":
+        return rnnode.Euler(dt=dt, interpolation=ic.interpolation)
+    if ic.name == "heun":
+        return rnnode.Heun(dt=dt, interpolation=ic.interpolation)
+    if ic.name == "rk4":
+        return rnnode.RK4(dt=dt, interpolation=ic.interpolation)
+    import diffrax
+
+    solver = getattr(diffrax, DIFFRAX_SOLVERS[ic.solver])()
+    if ic.rtol is not None:
+        controller = diffrax.PIDController(rtol=ic.rtol, atol=ic.atol)
+    else:
+        controller = diffrax.ConstantStepSize()
+    return rnnode.Diffrax(
+        dt=dt,
+        solver=solver,
+        stepsize_controller=controller,
+        dt0=ic.dt0,
+        max_steps=ic.max_steps,
+        interpolation=ic.interpolation,
+    )
+
+
+def build_model(cfg: Config, task, key) -> rnnode.Model:
+    """The model the config describes, sized for `task`, initialised from `key`."""
+    m = cfg.model
+    dkey, rkey = jr.split(key)
+    opts = dict(m.options)
+    n, inp = m.hidden_size, task.input_size
+    try:
+        if m.dynamics == "ctrnn":
+            dyn = rnnode.CTRNN(
+                n, inp, tau=m.tau, activation=m.activation, key=dkey, **opts
+            )
+        elif m.dynamics == "linear":
+            dyn = rnnode.LinearExample(size=inp, **opts)
+        elif m.dynamics == "oscillator":
+            dyn = rnnode.DampedOscillator(**opts)
+        elif m.dynamics == "elman":
+            dyn = rnnode.ElmanRNN(n, inp, activation=m.activation, key=dkey, **opts)
+        elif m.dynamics == "lstm":
+            dyn = rnnode.LSTM(n, inp, key=dkey, **opts)
+        else:
+            dyn = rnnode.GRU(n, inp, key=dkey, **opts)
+    except (ValueError, TypeError) as e:
+        raise ConfigError([f"model.options: {_one_line(e)}"]) from None
+    if m.readout == "linear":
+        readout = rnnode.Linear(dyn.observe_size, task.output_size, key=rkey)
+    elif m.readout == "first":
+        readout = First(task.output_size)
+    else:
+        readout = None
+    integrator = None if m.dynamics in CELLS else build_integrator(m.integrator)
+    return rnnode.Model(
+        dyn, integrator, readout, learn_initial_state=m.learn_initial_state
+    )
+
+
+def build_gradient(cfg: Config):
+    g = cfg.gradient
+    cls = gradient_class(g.name)
+    if cls is None:
+        raise ConfigError(
+            [f"gradient.name: {g.name} is not available in this installation of rnnode"]
+        )
+    try:
+        return cls(**g.options)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError([f"gradient: {_one_line(e)}"]) from None
+
+
+def build_schedule(cfg: Config):
+    o, s = cfg.optim, cfg.optim.schedule
+    lr = float(o.lr)
+    decay = int(s.decay_steps or cfg.train.steps)
+    end = lr * s.end_factor
+    if s.name == "constant":
+        return lr
+    if s.name == "cosine":
+        return optax.cosine_decay_schedule(lr, decay, alpha=s.end_factor)
+    if s.name == "linear":
+        return optax.linear_schedule(lr, end, decay)
+    if s.name == "exponential":
+        return optax.exponential_decay(lr, decay, s.decay_rate)
+    if s.warmup_steps >= decay and s.name == "warmup_cosine":
+        raise ConfigError(
+            [
+                f"optim.schedule.warmup_steps: must be < the decay steps ({decay}), "
+                f"got {s.warmup_steps}"
+            ]
+        )
+    if s.name == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, s.warmup_steps, decay, end_value=end
+        )
+    # warmup_constant
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, lr, max(s.warmup_steps, 1)),
+            optax.constant_schedule(lr),
+        ],
+        [max(s.warmup_steps, 1)],
+    )
+
+
+def build_optimiser(cfg: Config) -> optax.GradientTransformation:
+    o = cfg.optim
+    try:
+        opt = getattr(optax, o.name)(learning_rate=build_schedule(cfg), **o.options)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError([f"optim: optax.{o.name}: {_one_line(e)}"]) from None
+    if o.clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+    return opt
+
+
+def _dtype(cfg: Config):
+    return jnp.float64 if cfg.train.dtype == "float64" else jnp.float32
+
+
+def _cast(tree, dtype):
+    def f(x):
+        if eqx.is_inexact_array(x) and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(f, tree)
+
+
+def loss_name(cfg: Config, task) -> str:
+    return task.loss if cfg.loss.name == "task" else cfg.loss.name
+
+
+def split_weights(cfg: Config, task, split) -> np.ndarray:
+    T = split.xs.shape[0]
+    w = cfg.loss.weights
+    if w == "task":
+        return np.asarray(split.weights)
+    if w == "uniform":
+        return np.full((T,), 1.0 / T)
+    if w == "last":
+        out = np.zeros((T,))
+        out[-1] = 1.0
+        return out
+    dt = cfg.model.integrator.dt if cfg.model.integrator is not None else task.dt
+    return np.full((T,), float(dt))
+
+
+def split_arrays(cfg: Config, task, split, dtype):
+    """`(xs, ys, weights)` of a split as device arrays of the run's dtype."""
+    xs = jnp.asarray(split.xs, dtype=dtype)
+    ys = split.ys
+    ys = (
+        jnp.asarray(ys, dtype=jnp.int32)
+        if np.issubdtype(ys.dtype, np.integer)
+        else jnp.asarray(ys, dtype=dtype)
+    )
+    ws = jnp.asarray(split_weights(cfg, task, split), dtype=dtype)
+    return xs, ys, ws
+
+
+def build_equilibrium(cfg: Config) -> dict:
+    """The keyword arguments (`solver=`, `step_size=`) of `rnnode.equilibrium` from
+    the config's `equilibrium:` section."""
+    e = cfg.equilibrium
+    common = dict(rtol=e.rtol, atol=e.atol, max_steps=e.max_steps, damping=e.damping)
+    if e.solver == "anderson":
+        solver = rnnode.Anderson(memory=e.memory, **common)
+    else:
+        solver = rnnode.FixedPointIteration(**common)
+    return dict(solver=solver, step_size=e.step_size)
+
+
+def make_loss_fn(cfg: Config, task, gradient):
+    """`loss(model, xs, ys, weights) -> scalar` for a batch."""
+    per_step = (
+        rnnode.cross_entropy if loss_name(cfg, task) == "cross_entropy" else rnnode.mse
+    )
+    if task.kind == "equilibrium":
+        eq_loss = getattr(rnnode, "equilibrium_loss", None)
+        if eq_loss is None:
+            raise ConfigError(
+                [
+                    "task.name: equilibrium tasks need rnnode.equilibrium_loss, which "
+                    "is not available in this installation"
+                ]
+            )
+
+        eq = build_equilibrium(cfg)
+
+        def loss_fn(model, xs, ys, ws):
+            return eq_loss(model, xs[0], ys[0], loss=per_step, gradient=gradient, **eq)
+
+    else:
+
+        def loss_fn(model, xs, ys, ws):
+            return rnnode.sequence_loss(
+                model, xs, ys, loss=per_step, weights=ws, gradient=gradient
+            )
+
+    return loss_fn
+
+
+def fitted_params(model) -> dict | None:
+    """The physical parameters of an oscillator or the linear example (to compare
+    with a task's `info["true_params"]`); `None` for other dynamics."""
+    dyn = model.dynamics
+    if isinstance(dyn, rnnode.DampedOscillator):
+        return {
+            "mass": float(dyn.mass),
+            "damping": float(dyn.damping),
+            "stiffness": float(dyn.stiffness),
+        }
+    if isinstance(dyn, rnnode.LinearExample):
+        w, b = np.asarray(dyn.w, dtype=float), np.asarray(dyn.b, dtype=float)
+        return {"w": w.tolist(), "b": b.tolist(), "w_plus_b": (w + b).tolist()}
+    return None
+
+
+def num_params(model) -> int:
+    return int(
+        sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+    )
+
+
+class _Setup:
+    """Everything built from a config and its task before training starts."""
+
+    def __init__(self, cfg: Config, task):
+        self.cfg, self.task = cfg, task
+        self.dtype = _dtype(cfg)
+        self.gradient = build_gradient(cfg)
+        self.optimiser = build_optimiser(cfg)
+        seed, dtype, optimiser = cfg.train.seed, self.dtype, self.optimiser
+
+        def init():
+            # one compiled program instead of dozens of small eager ones
+            model_key, train_key = jr.split(jr.PRNGKey(seed))
+            model = _cast(build_model(cfg, task, model_key), dtype)
+            params = eqx.filter(model, eqx.is_inexact_array)
+            return model, optimiser.init(params), train_key
+
+        self.model, self.opt_state, self.train_key = eqx.filter_jit(init)()
+        self.params, self.static = eqx.partition(self.model, eqx.is_inexact_array)
+        self.rtrl = None
+        if cfg.train.online:
+            self.rtrl = self.gradient
+            if not (hasattr(self.rtrl, "init") and hasattr(self.rtrl, "step")):
+                raise ConfigError(
+                    [
+                        "train.online: this installation's RTRL has no online init/step API"
+                    ]
+                )
+
+    def state(self, params=None, opt_state=None, key=None):
+        return {
+            "params": self.params if params is None else params,
+            "opt_state": self.opt_state if opt_state is None else opt_state,
+            "key": self.train_key if key is None else key,
+        }
+
+    def model_from(self, params):
+        return eqx.combine(params, self.static)
+
+
+def _x64_context(cfg: Config):
+    """Float64 runs need JAX's x64 mode; switch it on (process-wide) if asked."""
+    if cfg.train.dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return jax.numpy_dtype_promotion("standard")
+
+
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _cached(kind: str, key_data, build):
+    """Reuse what was built (and compiled) for the same config in this process:
+    resuming, evaluating or re-running a config does not compile it again. The
+    key leaves out what does not change the computation (the output directory,
+    the description)."""
+    key = (kind, json.dumps(key_data, sort_keys=True), jax.config.jax_enable_x64)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    value = build()
+    _CACHE[key] = value
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return value
+
+
+def _config_key(cfg: Config) -> dict:
+    data = cfg.model_dump(mode="json")
+    data.pop("out_dir", None)
+    data.pop("description", None)
+    return data
+
+
+def prepare(cfg: Config):
+    """Build and check everything that can fail because of the config, writing
+    nothing: `(cfg, task, setup)`. Raises `ConfigError`."""
+    cfg = cfg.model_copy(deep=True)
+    task = _cached("task", cfg.task.model_dump(mode="json"), lambda: make_task(cfg))
+    check_against_task(cfg, task)
+    setup = _cached("setup", _config_key(cfg), lambda: _Setup(cfg, task))
+    return cfg, task, setup

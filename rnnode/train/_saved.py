@@ -1,0 +1,138 @@
+"""Saved runs: the config, the model of the newest valid checkpoint, and its
+evaluation on the test set (`eval.json`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+import rnnode
+
+from . import _checkpoint as ckpt, _metrics as mt
+from ._build import (
+    _dtype,
+    _x64_context,
+    build_equilibrium,
+    loss_name,
+    prepare,
+    split_arrays,
+)
+from ._config import Config, parse_yaml, validate_config
+from ._run import _is_main, _params_report, _runtime_message
+from ._steps import _evaluate, make_online_chunk
+
+
+class EvaluationFailed(RuntimeError):
+    """`evaluate` could not compute a saved run's metrics: an iterative solve (an
+    equilibrium) did not converge on the test set. Nothing was written."""
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not an rnnode run (no config.yaml)")
+    raw = parse_yaml(path.read_text(), source=str(path))
+    cfg = validate_config(raw, name=run_dir.name)
+    cfg.out_dir = str(run_dir)
+    return cfg
+
+
+def _load_run(run_dir):
+    cfg = load_run_config(run_dir)
+    with _x64_context(cfg):
+        cfg, task, setup = prepare(cfg)
+        like = setup.state()
+        if cfg.train.online:
+            like = {**like, **_online_like(cfg, task, setup)}
+        loaded = ckpt.load_latest(run_dir, like)
+        if loaded is None:
+            raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
+        header, state = loaded
+        model = setup.model_from(state["params"])
+    return model, cfg, task, int(header["step"])
+
+
+def _online_like(cfg, task, setup):
+    dtype = setup.dtype
+    train_data = split_arrays(cfg, task, task.train, dtype)
+    per_step = (
+        rnnode.cross_entropy if loss_name(cfg, task) == "cross_entropy" else rnnode.mse
+    )
+    _, draw, init_states = make_online_chunk(
+        setup.static,
+        setup.optimiser,
+        setup.rtrl,
+        per_step,
+        steps_per_call=1,
+        batch_size=cfg.train.batch_size,
+        dtype=dtype,
+        mesh=None,
+    )
+    stream = draw(train_data, setup.train_key)
+    return {
+        "stream": stream,
+        "rstate": init_states(setup.params, stream),
+        "t": jnp.asarray(0, jnp.int32),
+    }
+
+
+def load_run(run_dir: str | Path):
+    """`(model, config, task)` of a saved run, the model from its newest valid
+    checkpoint.
+
+    **Raises:** `FileNotFoundError` if there is no run or no usable checkpoint.
+    """
+    model, cfg, task, _ = _load_run(run_dir)
+    return model, cfg, task
+
+
+def evaluate(run_dir: str | Path) -> dict:
+    """The test metrics of a saved run's newest valid checkpoint; also written
+    to `RUN_DIR/eval.json`.
+
+    **Raises:** `FileNotFoundError` if there is no run or no usable checkpoint;
+    `EvaluationFailed` if the model's equilibrium does not converge on the test
+    set under the run's `equilibrium:` settings (then nothing is written, and an
+    earlier `eval.json` is left as it was).
+    """
+    run_dir = Path(run_dir)
+    model, cfg, task, step = _load_run(run_dir)
+    with _x64_context(cfg):
+        dtype = _dtype(cfg)
+        xs, ys, ws = split_arrays(cfg, task, task.test, dtype)
+        try:
+            _, outs, test_loss = _evaluate(
+                model,
+                xs,
+                ys,
+                ws,
+                task.kind,
+                loss_name(cfg, task),
+                build_equilibrium(cfg),
+            )
+            test_loss = float(test_loss)  # errors surface here at the latest
+        except eqx.EquinoxRuntimeError as e:
+            raise EvaluationFailed(
+                f"evaluating {run_dir} (step {step}) failed: {_runtime_message(e)} "
+                "The forward solve is the run's `equilibrium:` section in "
+                f"{run_dir / 'config.yaml'} (equilibrium.max_steps, "
+                "equilibrium.damping, equilibrium.solver=anderson, "
+                "equilibrium.step_size). Nothing was written."
+            ) from None
+        result = {
+            "run_dir": str(run_dir),
+            "step": step,
+            "task": task.name,
+            "test_loss": test_loss,
+            "test": task.metrics(np.asarray(outs, dtype=np.float64), task.test),
+            **_params_report(model, task),
+        }
+    if _is_main():
+        ckpt.atomic_write_text(
+            run_dir / "eval.json", mt.to_json(result, indent=2) + "\n"
+        )
+    return result
