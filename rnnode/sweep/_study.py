@@ -16,18 +16,24 @@ import fcntl
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from ..train import ConfigError, TrainingDiverged, load_config, train
+from ..train import (
+    ConfigError,
+    StopTraining,
+    TrainingDiverged,
+    load_config,
+    train,
+)
 from ..train._config import _one_line
 from ._spec import SweepSpec, metric_value
 
 STUDY_DB = "study.db"
-SPEC_COPY = "sweep.yaml"
 
 
 def sweep_dir(spec: SweepSpec) -> Path:
@@ -61,16 +67,19 @@ def open_study(spec: SweepSpec, storage: str | None = None, *, create: bool = Tr
         "RetryHeartbeatStaleTrialCallback",
         optuna.storages.RetryFailedTrialCallback,
     )
-    rdb = optuna.storages.RDBStorage(
-        url,
-        # several processes on one SQLite file: wait for the lock, don't fail
-        engine_kwargs={"connect_args": {"timeout": 60}}
-        if url.startswith("sqlite")
-        else None,
-        heartbeat_interval=spec.heartbeat_s,
-        grace_period=spec.grace_period_s or 3 * spec.heartbeat_s,
-        heartbeat_stale_trial_callback=retry(max_retry=spec.max_retries),
-    )
+    with warnings.catch_warnings():
+        # heartbeats are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            url,
+            # several processes on one SQLite file: wait for the lock, don't fail
+            engine_kwargs={"connect_args": {"timeout": 60}}
+            if url.startswith("sqlite")
+            else None,
+            heartbeat_interval=spec.heartbeat_s,
+            grace_period=spec.grace_period_s or 3 * spec.heartbeat_s,
+            heartbeat_stale_trial_callback=retry(max_retry=spec.max_retries),
+        )
     name = spec.study_name or spec.name
     if not create:
         names = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
@@ -185,13 +194,12 @@ def _optimize_one(study, spec, out, lock, progress) -> None:
 def _objective(trial, spec: SweepSpec, out: Path, progress: bool) -> float:
     import optuna
 
-    from ..train import StopTraining
-
     params = spec.suggest(trial)
     overrides = spec.overrides_for(params)
     run_dir = out / f"trial_{trial.number}"
     trial.set_user_attr("overrides", overrides)
     trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     label = " ".join(f"{k}={_short(v)}" for k, v in params.items())
     # a re-run inherits the user attributes of the trial it repeats
     trial.set_user_attr("interrupted", False)
@@ -268,12 +276,16 @@ def _fail_stale(study) -> None:
 def _spawn(spec, study, workers: int, url: str, progress: bool) -> dict[str, int]:
     """Run `workers` processes of `rnnode sweep` on the spec's copy."""
     out = sweep_dir(spec)
-    copy = out / SPEC_COPY
+    copy = out / f"{spec.name}.yaml"
     data = spec.model_dump(mode="json", exclude_none=True)
     data["config"] = spec.config_path
     data["out_dir"] = str(out.resolve())
     data["study_name"] = study.study_name
     copy.write_text(json.dumps(data, indent=1))
+    # the workers import this very `rnnode` (not another one on the path)
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     procs = []
     for i in range(workers):
         cmd = [
@@ -290,7 +302,7 @@ def _spawn(spec, study, workers: int, url: str, progress: bool) -> dict[str, int
         ]
         if not progress or workers > 1:
             cmd.append("-q")
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(cmd, env=env))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
