@@ -97,6 +97,13 @@ def run(args) -> int:
         except WorkerFailed as e:
             print(f"rnnode: error: {e}", file=sys.stderr)
             return e.code
+        except KeyboardInterrupt:
+            print(
+                "\nrnnode: interrupted; the same `rnnode sweep` command resumes the "
+                "sweep (the interrupted trial runs again)",
+                file=sys.stderr,
+            )
+            return 130
         if args.no_report:
             return 0
         print(f"sweep {spec.name}: {c['done']} trials done", file=sys.stderr)

@@ -9,7 +9,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from ._spec import CategoricalParam, SweepSpec
+from ._spec import SweepSpec
 from ._study import counts, sweep_dir
 
 # below this many complete trials, parameter importances say nothing
@@ -150,11 +150,9 @@ def _plots(study, spec: SweepSpec, out: Path) -> tuple[dict, dict]:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ax = plot()
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(max(6.0, 3.2 * len(spec.params)), 4.0)
-        if name == "slice" and any(
-            isinstance(p, CategoricalParam) for p in spec.params.values()
-        ):
-            fig.autofmt_xdate(rotation=20)
+        for a in fig.axes:
+            if a.get_ylabel() == "Objective Value":
+                a.set_ylabel(spec.metric)
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -62,11 +62,6 @@ def open_study(spec: SweepSpec, storage: str | None = None, *, create: bool = Tr
     url = storage_url(spec, storage)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    retry = getattr(
-        optuna.storages,
-        "RetryHeartbeatStaleTrialCallback",
-        optuna.storages.RetryFailedTrialCallback,
-    )
     with warnings.catch_warnings():
         # heartbeats are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -78,7 +73,7 @@ def open_study(spec: SweepSpec, storage: str | None = None, *, create: bool = Tr
             else None,
             heartbeat_interval=spec.heartbeat_s,
             grace_period=spec.grace_period_s or 3 * spec.heartbeat_s,
-            heartbeat_stale_trial_callback=retry(max_retry=spec.max_retries),
+            heartbeat_stale_trial_callback=_retry(spec),
         )
     name = spec.study_name or spec.name
     if not create:
@@ -163,7 +158,7 @@ def run_sweep(
     lock = _FileLock(out / ".lock")
     while True:
         with lock:
-            _requeue_interrupted(study)
+            _requeue_interrupted(study, spec)
             _fail_stale(study)
             c = counts(study)
             if c["done"] >= spec.n_trials:
@@ -187,7 +182,7 @@ def _optimize_one(study, spec, out, lock, progress) -> None:
     try:
         study.optimize(objective, n_trials=1, catch=())
     except KeyboardInterrupt:
-        _requeue_interrupted(study)
+        _requeue_interrupted(study, spec)
         raise
 
 
@@ -249,13 +244,27 @@ def _failed(trial, spec, reason: str, progress: bool) -> float:
     return float("nan")  # Optuna records a NaN objective as a failed trial
 
 
-def _requeue_interrupted(study) -> None:
+def _retry(spec: SweepSpec):
+    """Optuna's callback that queues a re-run of a failed trial."""
+    import optuna
+
+    cls = getattr(
+        optuna.storages,
+        "RetryHeartbeatStaleTrialCallback",  # its name from Optuna 4.9
+        optuna.storages.RetryFailedTrialCallback,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(max_retry=spec.max_retries)
+
+
+def _requeue_interrupted(study, spec: SweepSpec) -> None:
     """Queue a re-run of each trial stopped by Ctrl-C that has none yet."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     rerun = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    callback = study._storage.get_heartbeat_stale_trial_callback()
+    callback = _retry(spec)
     for t in trials:
         if (
             t.state == TrialState.FAIL
