@@ -140,6 +140,7 @@ def test_report_of_a_missing_study_is_a_clear_error(tmp_path, capsys):
     rc = main(["sweep", str(_spec(tmp_path)), "--report"])
     assert rc == 1
     assert "no study 'tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_small_sweep_runs_n_trials_and_writes_its_report(tmp_path):
@@ -169,6 +170,9 @@ def test_small_sweep_runs_n_trials_and_writes_its_report(tmp_path):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 10
         assert t.value == pytest.approx(summary["test_loss"])
+        # reported at each evaluation (train.eval_every=5) through train(on_eval=)
+        assert sorted(t.intermediate_values) == [5, 10]
+        assert t.intermediate_values[10] == pytest.approx(t.value)
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         assert cfg["optim"]["lr"] == pytest.approx(t.params["optim.lr"])
         assert cfg["model"]["hidden_size"] == {"small": 3, "big": 6}[t.params["size"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 DESCRIPTION = (
     "Search a config's hyperparameters with Optuna. SPEC is a sweep file: the base "
@@ -29,7 +30,7 @@ def add_parser(sub, overrides_help: str) -> None:
     s = sub.add_parser(
         "sweep",
         help="search hyperparameters with Optuna (pruning, workers, resumable)",
-        description=DESCRIPTION,
+        description=textwrap.fill(DESCRIPTION, 79),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -60,8 +60,15 @@ def open_study(spec: SweepSpec, storage: str | None = None, *, create: bool = Tr
 
     _quiet_optuna()
     url = storage_url(spec, storage)
+    name = spec.study_name or spec.name
+    missing = FileNotFoundError(
+        f"no study {name!r} in {url}; run `rnnode sweep SPEC` first"
+    )
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(url[len("sqlite:///") :])
+        if not create and not db.is_file():
+            raise missing
+        db.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # heartbeats are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -75,13 +82,10 @@ def open_study(spec: SweepSpec, storage: str | None = None, *, create: bool = Tr
             grace_period=spec.grace_period_s or 3 * spec.heartbeat_s,
             heartbeat_stale_trial_callback=_retry(spec),
         )
-    name = spec.study_name or spec.name
     if not create:
         names = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
         if name not in names:
-            raise FileNotFoundError(
-                f"no study {name!r} in {url}; run `rnnode sweep SPEC` first"
-            )
+            raise missing
     study = optuna.create_study(
         storage=rdb,
         study_name=name,
