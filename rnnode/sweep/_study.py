@@ -155,6 +155,14 @@ def run_sweep(
     out = sweep_dir(spec)
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(spec, storage)
+    if not study.get_trials(deepcopy=False) and any(out.glob("trial_*")):
+        raise ConfigError(
+            [
+                f"out_dir: {out} holds trial_* directories but the study "
+                f"{study.study_name!r} has no trials (was its database removed?); "
+                "move them away or choose another out_dir"
+            ]
+        )
     if workers > 1:
         return _spawn(spec, study, workers, storage_url(spec, storage), progress)
     seed_offset = 1000 * worker_index + len(study.get_trials(deepcopy=False))
@@ -228,7 +236,7 @@ def _objective(trial, spec: SweepSpec, out: Path, progress: bool) -> float:
         )
         summary = train(cfg, progress=progress, on_eval=on_eval)
     except StopTraining as e:
-        _say(f"[sweep {spec.name}] trial {trial.number}: {e}", progress)
+        _say(f"[sweep {spec.name}] trial {trial.number}: {e}", True)
         raise optuna.TrialPruned(str(e)) from None
     except (TrainingDiverged, ConfigError) as e:
         return _failed(trial, spec, _one_line(e), progress)
