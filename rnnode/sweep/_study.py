@@ -155,7 +155,8 @@ def run_sweep(
     out = sweep_dir(spec)
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(spec, storage)
-    if not study.get_trials(deepcopy=False) and any(out.glob("trial_*")):
+    # (directories first: a trial is in the database before its directory)
+    if any(out.glob("trial_*")) and not study.get_trials(deepcopy=False):
         raise ConfigError(
             [
                 f"out_dir: {out} holds trial_* directories but the study "
