@@ -300,3 +300,20 @@ def test_killed_sweep_resumes_with_every_trial_done_once(tmp_path):
     }
     table = (tmp_path / "sweep" / "trials.md").read_text()
     assert "| 1 | interrupted |" in table and "re-run as trial 2" in table
+
+
+def test_a_study_is_not_reused_for_another_search_space(tmp_path, capsys):
+    open_study(load_spec(_spec(tmp_path)))  # creates the study, runs nothing
+    changed = {"params": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}}
+    assert main(["sweep", str(_spec(tmp_path, **changed))]) == 2
+    err = capsys.readouterr().err
+    assert "study: 'tiny' in sqlite:///" in err and "different config, search" in err
+    # the same spec opens it again; n_trials may grow
+    assert open_study(load_spec(_spec(tmp_path, n_trials=5))).study_name == "tiny"
+
+
+def test_trial_directories_of_another_study_are_refused(tmp_path, capsys):
+    (tmp_path / "sweep" / "trial_0").mkdir(parents=True)
+    assert main(["sweep", str(_spec(tmp_path))]) == 2
+    assert "out_dir: " in capsys.readouterr().err
+    assert not any((tmp_path / "sweep" / "trial_0").iterdir())

@@ -308,7 +308,7 @@ def validate_spec(
     )
     errors = _check(spec)
     if errors:
-        raise ConfigError(errors[:1] if len(errors) == 1 else errors)
+        raise ConfigError(errors)
     return spec
 
 
