@@ -317,3 +317,9 @@ def test_trial_directories_of_another_study_are_refused(tmp_path, capsys):
     assert main(["sweep", str(_spec(tmp_path))]) == 2
     assert "out_dir: " in capsys.readouterr().err
     assert not any((tmp_path / "sweep" / "trial_0").iterdir())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")))
+def test_example_sweep_files_are_valid(path):
+    spec = load_spec(path)
+    assert spec.n_trials >= 3 and spec.params

@@ -82,11 +82,12 @@ def run(args) -> int:
     if args.report:
         study = open_study(spec, args.storage, create=False)
     else:
-        print(
-            f"sweep {spec.name}: {spec.n_trials} trials of {spec.config_path}, "
-            f"{spec.metric} ({spec.direction}); study {storage_url(spec, args.storage)}",
-            file=sys.stderr,
-        )
+        if not args.no_report:  # (not the workers of `--workers N`)
+            print(
+                f"sweep {spec.name}: {spec.n_trials} trials of {spec.config_path}, "
+                f"{spec.metric} ({spec.direction}); study {storage_url(spec, args.storage)}",
+                file=sys.stderr,
+            )
         try:
             c = run_sweep(
                 spec,
