@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._dynamics import AbstractCell, AbstractDynamics, AbstractVectorField, _check_size
 from ._integrate import AbstractIntegrator
+from ._step_inputs import SequenceInputs, stacked
 
 
 class Linear(eqx.Module):
@@ -158,11 +159,16 @@ class Model(eqx.Module):
     ) -> tuple[
         Float[Array, " time"], Float[Array, "time input"], Float[Array, "time input"]
     ]:
-        """The per-step arguments `(t, x, x_next)` of `step` for a whole sequence."""
-        T = xs.shape[0]
-        ts = t0 + self.dt * jnp.arange(T, dtype=xs.dtype)
-        xs_next = jnp.concatenate([xs[1:], xs[-1:]], axis=0)
-        return ts, xs, xs_next
+        """The per-step arguments `(t, x, x_next)` of `step` for a whole sequence,
+        as arrays of length `T` (`sequence_inputs` builds them one step at a time)."""
+        return stacked(self.sequence_inputs(xs, t0))
+
+    def sequence_inputs(
+        self, xs: Float[Array, "time input"], t0: float = 0.0
+    ) -> SequenceInputs:
+        """The per-step arguments `(t, x, x_next)` of `step`, each built when its
+        step comes (`.at(i)`), from `xs` alone."""
+        return SequenceInputs(xs, t0, self.dt)
 
     def rollout(
         self,
@@ -186,11 +192,14 @@ class Model(eqx.Module):
             return fn(xs, h0)
         h = self.init_state() if h0 is None else jnp.asarray(h0)
 
-        def body(h, inp):
-            h = self.step(h, *inp)
-            return h, (h, self.output(h))
+        inputs = self.sequence_inputs(xs, t0)
 
-        _, (hs, outs) = jax.lax.scan(body, h, self.step_inputs(xs, t0))
+        def body(carry, _):
+            h, i = carry  # a counter: the step's inputs are built here
+            h = self.step(h, *inputs.at(i))
+            return (h, i + 1), (h, self.output(h))
+
+        _, (hs, outs) = jax.lax.scan(body, (h, 0), None, length=inputs.length())
         return hs, outs
 
 

@@ -9,7 +9,12 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._losses import mse
 from ._model import Model, check_inputs
-from .gradients._base import AbstractBatchGradient, AbstractGradient, Autodiff
+from .gradients._base import (
+    AbstractBatchGradient,
+    AbstractGradient,
+    AbstractStepwiseGradient,
+    Autodiff,
+)
 
 
 def sequence_loss(
@@ -63,7 +68,10 @@ def sequence_loss(
             loss=step_loss,
             params=model,
             h0=jnp.asarray(h, dtype=x.dtype),
-            inputs=model.step_inputs(x, t0),
+            # a stepwise method builds each step's inputs inside its loop
+            inputs=model.sequence_inputs(x, t0)
+            if isinstance(gradient, AbstractStepwiseGradient)
+            else model.step_inputs(x, t0),
             targets=y,
             weights=a,
         )

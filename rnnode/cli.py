@@ -234,6 +234,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .train import evaluate
+    from .train._environment import format_environment
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -252,6 +253,10 @@ def _cmd_eval(args) -> int:
     if result.get("fitted_params"):
         print(f"  fitted parameters {result['fitted_params']}")
         print(f"  true parameters   {result.get('true_params')}")
+    for what, key in (("trained", "trained_environment"), ("evaluated", "environment")):
+        env = result.get(key)
+        text = format_environment(env) if env else "not recorded"
+        print(f"  {what} with " + text.replace("\n", "\n    "))
     print(f"(written to {run_dir / 'eval.json'})")
     return EXIT_OK
 

@@ -193,6 +193,87 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+def test_unreadable_config_file_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """A binary file, a directory, a file without read permission, and a run
+    whose config.yaml is binary: one line and exit 2, never a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin.yaml").write_bytes(b"task:\x89PNG\r\n\x1a\n\xff\x00")
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "locked.yaml").write_text("task: {name: sine}\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_bytes(b"\xfe\xfe")
+    real = Path.read_bytes
+
+    def read_bytes(self):  # running as root, chmod 000 would not stop the read
+        if self.name == "locked.yaml":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    cases = [
+        (
+            ["train", "bin.yaml"],
+            "config: 'bin.yaml' is not a text file (byte 0x89 at offset 5 is not "
+            "UTF-8); a config is a YAML file",
+        ),
+        (["train", "dir.yaml"], "config: 'dir.yaml' is a directory, not a config"),
+        (["config", "."], "config: '.' is a directory, not a config"),
+        (["train", "locked.yaml"], "config: cannot read 'locked.yaml': Permission"),
+        (["eval", "run"], "config: 'run/config.yaml' is not a text file (byte 0xfe"),
+        (["resume", "run"], "config: 'run/config.yaml' is not a text file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("rnnode: error: " + message), err
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "value"),
+    [
+        ("out_dir=2024", "out_dir", "2024"),
+        ("out_dir=nan", "out_dir", "nan"),
+        ("out_dir=[x", "out_dir", "[x"),
+        ("out_dir=null", "out_dir", str(Path("runs") / "sine")),  # the default
+        ("description=yes", "description", "yes"),
+        ("description=null", "description", "null"),  # not optional: text
+        ("optim.lr=2e-3", "optim.lr", 2e-3),  # other fields: YAML scalars
+        ("train.online=false", "train.online", False),
+        ("model.integrator.dt=0.05", "model.integrator.dt", 0.05),
+    ],
+)
+def test_override_reads_its_value_with_the_field_type(override, path, value):
+    cfg = load_config("sine", [override])
+    got = cfg
+    for part in path.split("."):
+        got = getattr(got, part)
+    assert got == value and type(got) is type(value)
+
+
+def test_null_switches_an_optional_section_off():
+    """`optim.schedule=null` and `schedule: null` both mean no schedule (the
+    constant learning rate), like deleting the lines."""
+    plain = validate_config({"task": {"name": "sine"}})
+    assert plain.optim.schedule.name == "constant"
+    sine = load_config("sine")
+    assert sine.optim.schedule.name == "cosine"  # the file sets one
+    off = load_config("sine", ["optim.schedule=null"])
+    assert off.optim.schedule == plain.optim.schedule
+    assert not off.optim.explicit("schedule")
+    raw = parse_yaml(
+        "task: {name: sine}\noptim: {lr: 0.01, schedule: null}\n"
+        "equilibrium: null\nloss: null\n"
+    )
+    cfg = validate_config(raw)
+    assert cfg.optim.schedule == plain.optim.schedule and cfg.optim.lr == 0.01
+    assert cfg.loss == plain.loss
+    # a sequence task refuses an explicit `equilibrium:` section, but not a null one
+    assert not cfg.explicit("equilibrium")
+    with pytest.raises(ConfigError, match="^task: must be a mapping, got null$"):
+        load_config("sine", ["task=null"])
+
+
 def test_config_error_lists_every_problem():
     with pytest.raises(ConfigError) as info:
         validate_config(

@@ -391,6 +391,31 @@ def test_invalid_options_name_the_key(name, options, key):
         TASK_OPTIONS[name].model_validate(options)
 
 
+def test_shared_options_base():
+    """The options most tasks share come from one base, typed and checked the
+    same way, with each task's own defaults."""
+    from rnnode.data._base import TaskOptions, shared_options
+
+    Base = shared_options(dt=0.5, num_train=3, num_test=2)
+    assert issubclass(Base, TaskOptions) and list(Base.model_fields) == [
+        "dt",
+        "num_train",
+        "num_test",
+    ]
+    assert Base().model_dump() == {"dt": 0.5, "num_train": 3, "num_test": 2}
+    for bad in ({"dt": 0.0}, {"num_train": 0}, {"num_test": 2.0}, {"num_steps": 4}):
+        with pytest.raises(pydantic.ValidationError) as info:
+            Base(**bad)
+        assert [e["loc"] for e in info.value.errors()] == [(next(iter(bad)),)]
+    with pytest.raises(TypeError, match="not a shared task option: dtt"):
+        shared_options(dtt=0.1)
+    defaults = {n: TASK_OPTIONS[n]().num_train for n in ("sine", "adding", "copy")}
+    assert defaults == {"sine": 32, "adding": 1000, "copy": 1000}
+    assert TASK_OPTIONS["oscillator_ctrnn"]().num_train == 32  # its own override
+    with pytest.raises(pydantic.ValidationError):
+        TASK_OPTIONS["adding"](num_steps=1)  # adding's own, stricter num_steps
+
+
 def test_options_instances_and_bad_seed():
     options = TASK_OPTIONS["adding"](num_steps=5, num_train=2, num_test=2)
     assert make_task("adding", options).train.xs.shape == (5, 2, 2)

@@ -235,23 +235,44 @@ def test_linear_example_reproduces_the_seed_pseudocode():
     assert float(state.P.dynamics.w[0]) == p  # the sensitivity p_t itself
 
 
-def test_memory_does_not_grow_with_sequence_length(getkey):
-    model = zoo_model("elman", getkey())
-
+def _rtrl_temp_bytes(model, T, block=1):
+    """Compiled working memory of the RTRL gradient of a length-`T` sequence."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    def temp_bytes(T, block=1):
-        def loss(params, xs, ys):
-            m = eqx.combine(params, static)
-            return rn.sequence_loss(m, xs, ys, gradient=rn.RTRL(block=block))
+    def loss(params, xs, ys):
+        m = eqx.combine(params, static)
+        return rn.sequence_loss(m, xs, ys, gradient=rn.RTRL(block=block))
 
-        args = (params, jnp.zeros((T, M)), jnp.zeros((T, K)))
-        compiled = jax.jit(jax.grad(loss)).lower(*args).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
+    args = (params, jnp.zeros((T, M)), jnp.zeros((T, K)))
+    compiled = jax.jit(jax.grad(loss)).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
 
-    assert temp_bytes(10_000) <= 1.1 * temp_bytes(10)
+
+def test_memory_does_not_grow_with_sequence_length(getkey):
+    model = zoo_model("elman", getkey())
+    assert _rtrl_temp_bytes(model, 10_000) <= 1.1 * _rtrl_temp_bytes(model, 10)
     # a last partial block (13 = 8 + 5) is filled up: no second compiled block
-    assert temp_bytes(10_000, block=8) <= 1.1 * temp_bytes(13, block=8)
+    assert _rtrl_temp_bytes(model, 10_000, block=8) <= 1.1 * _rtrl_temp_bytes(
+        model, 13, block=8
+    )
+
+
+@pytest.mark.parametrize(
+    "integrator",
+    [
+        rn.Heun(0.2, interpolation="linear"),
+        rn.RK4(0.2),
+        rn.Diffrax(0.2, interpolation="linear"),
+    ],
+    ids=["heun_linear", "rk4", "diffrax_linear"],
+)
+def test_memory_does_not_grow_with_sequence_length_any_integrator(integrator, getkey):
+    """Each step's `(t, x, x_next)` is built inside the loop: no length-`T`
+    arrays of times or next inputs (which linear interpolation and `Diffrax`
+    read), whatever the integrator."""
+    k1, k2 = jr.split(getkey())
+    model = rn.Model(rn.CTRNN(4, M, key=k1), integrator, rn.Linear(4, K, key=k2))
+    assert _rtrl_temp_bytes(model, 10_000) == _rtrl_temp_bytes(model, 10)
 
 
 def test_unrolled_scan(getkey, monkeypatch):

@@ -292,7 +292,10 @@ for devices in ["all", 1]:
     model, _, _ = load_run(summary["run_dir"])
     leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
     out[str(devices)] = {
-        **{k: summary[k] for k in ("status", "steps", "train_loss", "test_loss")},
+        **{
+            k: summary[k]
+            for k in ("status", "steps", "train_loss", "test_loss", "environment")
+        },
         "params": [np.asarray(x).ravel().tolist() for x in leaves],
     }
 print(json.dumps(out))
@@ -307,6 +310,14 @@ def test_train_devices_all_matches_one_device(tmp_path):
     sharded, single = out["all"], out["1"]
     for r in (sharded, single):
         assert r["status"] == "finished" and r["steps"] == 6
+    # the run records (and says) how many devices took part
+    assert (sharded["environment"]["devices"], single["environment"]["devices"]) == (
+        4,
+        1,
+    )
+    assert (
+        sharded["environment"]["processes"] == single["environment"]["processes"] == 1
+    )
     np.testing.assert_allclose(sharded["train_loss"], single["train_loss"], rtol=1e-12)
     np.testing.assert_allclose(sharded["test_loss"], single["test_loss"], rtol=1e-12)
     assert len(sharded["params"]) == len(single["params"]) > 0
@@ -578,6 +589,14 @@ def test_cli_two_processes_train_and_resume(tmp_path):
     multi = json.loads((tmp_path / "multi" / "summary.json").read_text())
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert multi["steps"] == single["steps"] == 6
+    assert (multi["environment"]["devices"], multi["environment"]["processes"]) == (
+        4,
+        2,
+    )
+    assert (single["environment"]["devices"], single["environment"]["processes"]) == (
+        1,
+        1,
+    )
     np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=1e-12)
     np.testing.assert_allclose(multi["test_loss"], single["test_loss"], rtol=1e-12)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi", "single"]

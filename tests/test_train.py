@@ -6,11 +6,15 @@ import io
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
+import jaxlib
 import numpy as np
+import optax
 import pytest
 
 import rnnode
@@ -23,6 +27,7 @@ from rnnode.train import (
     load_run,
     train,
 )
+from rnnode.train._environment import _git_state, environment
 from rnnode.train._run import _fresh_dir
 from rnnode.train._steps import _TRACES
 
@@ -103,6 +108,24 @@ def test_quickstart_end_to_end(quickstart):
     assert {"mse", "baseline_mse"} <= set(records[-1]["test"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 30
+    env = summary["environment"]
+    assert env["versions"] == {
+        "rnnode": rnnode.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "equinox": eqx.__version__,
+        "diffrax": diffrax.__version__,
+        "optax": optax.__version__,
+    }
+    assert env["backend"] == jax.default_backend()
+    assert env["device_kind"] == jax.devices()[0].device_kind
+    assert (env["devices"], env["processes"]) == (1, 1)
+    assert (env["dtype"], env["seed"]) == ("float32", 0)
+    assert env["git_commit"] is None  # the run's working directory is no checkout
+    # ... and `rnnode train` says so first
+    first, second = err.splitlines()[:2]
+    assert first == ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    assert second.endswith("1 device, 1 process; float32, seed 0; not a git checkout")
     # the saved config is the resolved one, and validates again
     saved = load_config(run / "config.yaml")
     assert saved.model.integrator.dt == 0.1 and saved.train.steps == 30
@@ -152,7 +175,48 @@ def test_eval_falls_back_from_a_corrupt_checkpoint(quickstart, tmp_path, capsys)
         assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "step 15" in out and "mse" in out and "baseline_mse" in out
-    assert json.loads((run / "eval.json").read_text())["step"] == 15
+    assert "trained with rnnode " in out and "evaluated with rnnode " in out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["step"] == 15
+    trained = json.loads((run / "summary.json").read_text())["environment"]
+    assert result["trained_environment"] == trained
+    assert result["environment"]["versions"] == trained["versions"]
+
+
+def test_environment_records_the_git_commit(tmp_path):
+    """The commit of the working directory's checkout, and whether tracked files
+    changed since; `None` outside a checkout."""
+    assert environment(dtype="float64", seed=3)["git_commit"] in (None, _git_head())
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.txt").write_text("1")
+    for args in (["init", "-q"], ["add", "a.txt"], ["commit", "-q", "-m", "one"]):
+        _git(repo, *args)
+    head = _git(repo, "rev-parse", "HEAD")
+    assert len(head) == 40
+    assert _git_state(str(repo)) == (head, False)
+    (repo / "a.txt").write_text("2")
+    assert _git_state(str(repo)) == (head, True)
+    (repo / "sub").mkdir()
+    assert _git_state(str(repo / "sub")) == (head, True)
+    assert _git_state(str(tmp_path)) == (None, None)
+
+
+def _git(repo, *args):
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def _git_head():
+    try:
+        return _git(os.getcwd(), "rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def test_checkpoint_files_detect_damage(tmp_path):
@@ -207,6 +271,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(
     assert header["step"] >= 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "diverged"
+    assert summary["environment"]["dtype"] == "float32"
 
 
 def test_analyse_command_writes_into_the_run(quickstart, capsys):

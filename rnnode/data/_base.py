@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
+import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 LOSSES = ("mse", "cross_entropy")
@@ -42,6 +43,46 @@ class TaskOptions(BaseModel):
         use_attribute_docstrings=True,
         validate_default=True,
     )
+
+
+_SHARED = {
+    "dt": (PositiveFloat, "Sampling interval."),
+    "num_steps": (Count, "Samples per sequence."),
+    "num_train": (
+        Count,
+        "Training examples (sequences, or the inputs of an equilibrium task).",
+    ),
+    "num_test": (Count, "Test examples."),
+}
+
+
+def shared_options(**defaults: Any) -> type[TaskOptions]:
+    """A `TaskOptions` base with the options most tasks share, with this task's
+    defaults: the fields named in `defaults`, of `dt` (sampling interval, > 0),
+    `num_steps` (samples per sequence), `num_train` and `num_test` (counts >= 1).
+
+    ```python
+    class SineOptions(shared_options(dt=0.1, num_steps=100, num_train=32, num_test=16)):
+        frequency_range: tuple[float, float] = (1.0, 3.0)
+    ```
+
+    A task whose option differs (`adding`'s `num_steps` is at least 2) declares
+    that one itself.
+
+    **Raises:** `TypeError` for a name that is not a shared option.
+    """
+    unknown = sorted(set(defaults) - set(_SHARED))
+    if unknown:
+        raise TypeError(
+            f"not a shared task option: {', '.join(unknown)}; the shared options "
+            f"are {', '.join(_SHARED)}"
+        )
+    fields = {
+        name: (kind, Field(defaults[name], description=doc))
+        for name, (kind, doc) in _SHARED.items()
+        if name in defaults
+    }
+    return pydantic.create_model("SharedOptions", __base__=TaskOptions, **fields)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

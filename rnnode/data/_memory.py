@@ -9,12 +9,12 @@ from ._base import (
     NonNegativeCount,
     Split,
     Task,
-    TaskOptions,
     classification_metrics,
     integer,
     last_step,
     regression_metrics,
     rngs,
+    shared_options,
 )
 
 AtLeastTwo = integer(ge=2)
@@ -22,15 +22,11 @@ AtLeastTwo = integer(ge=2)
 # adding
 
 
-class AddingOptions(TaskOptions):
+class AddingOptions(shared_options(num_train=1000, num_test=200)):
     """Options of `adding`."""
 
     num_steps: AtLeastTwo = 50
     """Sequence length `T`: the distance the network must remember across."""
-    num_train: Count = 1000
-    """Training sequences."""
-    num_test: Count = 200
-    """Test sequences."""
 
 
 def adding(o: AddingOptions, *, seed: int) -> Task:
@@ -79,7 +75,7 @@ def adding(o: AddingOptions, *, seed: int) -> Task:
 # copy
 
 
-class CopyOptions(TaskOptions):
+class CopyOptions(shared_options(num_train=1000, num_test=200)):
     """Options of `copy`."""
 
     num_symbols: AtLeastTwo = 8
@@ -88,10 +84,6 @@ class CopyOptions(TaskOptions):
     """Number of symbols to remember."""
     delay: NonNegativeCount = 10
     """Blank steps between the last symbol and the go marker."""
-    num_train: Count = 1000
-    """Training sequences."""
-    num_test: Count = 200
-    """Test sequences."""
 
 
 def copy(o: CopyOptions, *, seed: int) -> Task:

@@ -15,25 +15,19 @@ from ._base import (
     PositiveFloat,
     Split,
     Task,
-    TaskOptions,
     check_range,
     regression_metrics,
     rngs,
+    shared_options,
     uniform,
 )
 
 
-class OscillatorFitOptions(TaskOptions):
+class OscillatorFitOptions(
+    shared_options(dt=0.1, num_steps=100, num_train=8, num_test=4)
+):
     """Options of `oscillator_fit` (and, with other defaults, `oscillator_ctrnn`)."""
 
-    dt: PositiveFloat = 0.1
-    """Sampling interval."""
-    num_steps: Count = 100
-    """Samples per sequence (the trajectory covers `num_steps * dt` time units)."""
-    num_train: Count = 8
-    """Training sequences."""
-    num_test: Count = 4
-    """Test sequences."""
     noise: NonNegativeFloat = 0.05
     """Standard deviation of the Gaussian observation noise added to the targets."""
     observe: Literal["state", "position"] = "state"

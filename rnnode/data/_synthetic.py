@@ -12,27 +12,21 @@ from ._base import (
     PositiveFloat,
     Split,
     Task,
-    TaskOptions,
     check_range,
     regression_metrics,
     rngs,
+    shared_options,
     uniform,
 )
 
 # linear_example
 
 
-class LinearExampleOptions(TaskOptions):
+class LinearExampleOptions(
+    shared_options(dt=0.1, num_steps=50, num_train=16, num_test=8)
+):
     """Options of `linear_example`."""
 
-    dt: PositiveFloat = 0.1
-    """Sampling interval."""
-    num_steps: Count = 50
-    """Samples per sequence."""
-    num_train: Count = 16
-    """Training sequences."""
-    num_test: Count = 8
-    """Test sequences."""
     size: Count = 1
     """Number of independent units (features of `r` and `x`)."""
     w: float = 0.5
@@ -100,17 +94,9 @@ def linear_example(o: LinearExampleOptions, *, seed: int) -> Task:
 # sine
 
 
-class SineOptions(TaskOptions):
+class SineOptions(shared_options(dt=0.1, num_steps=100, num_train=32, num_test=16)):
     """Options of `sine`."""
 
-    dt: PositiveFloat = 0.1
-    """Sampling interval."""
-    num_steps: Count = 100
-    """Samples per sequence."""
-    num_train: Count = 32
-    """Training sequences."""
-    num_test: Count = 16
-    """Test sequences."""
     frequency_range: tuple[float, float] = (1.0, 3.0)
     """Range of the angular frequencies `ω` (radians per unit time)."""
     amplitude: PositiveFloat = 1.0
@@ -161,7 +147,7 @@ def sine(o: SineOptions, *, seed: int) -> Task:
 # steady_state
 
 
-class SteadyStateOptions(TaskOptions):
+class SteadyStateOptions(shared_options(num_train=256, num_test=64)):
     """Options of `steady_state`."""
 
     input_size: Count = 2
@@ -175,10 +161,6 @@ class SteadyStateOptions(TaskOptions):
     contraction with this rate, so each input has exactly one equilibrium."""
     input_scale: PositiveFloat = 1.0
     """Inputs are uniform on `[-input_scale, input_scale]`."""
-    num_train: Count = 256
-    """Training inputs (one equilibrium each)."""
-    num_test: Count = 64
-    """Test inputs."""
     noise: NonNegativeFloat = 0.0
     """Standard deviation of Gaussian noise added to the targets."""
 

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
+from .._step_inputs import AbstractStepInputs
+
 StepFn = Callable[[PyTree, Array, PyTree], Array]
 """`step(params, h, inputs_t) -> h_next`."""
 LossFn = Callable[[PyTree, Array, PyTree], Float[Array, ""]]
@@ -66,6 +68,13 @@ class AbstractBatchGradient(AbstractGradient):
         """The batch mean of `loss(...)`; `inputs`/`targets` are `(time, batch, ...)`."""
 
 
+class AbstractStepwiseGradient(AbstractGradient):
+    """A gradient method that builds each step's inputs inside its loop:
+    `sequence_loss` passes it `inputs` as an `AbstractStepInputs`, so that its
+    memory does not grow with `T` because of the inputs (`RTRL`). It also accepts
+    a pytree with a leading time axis; `step_at` reads either."""
+
+
 class Autodiff(AbstractGradient):
     """JAX's own reverse mode through `lax.scan`: the reference the others are
     checked against. Stores every state (memory `O(T n)`)."""
@@ -82,5 +91,19 @@ def scan_loss(step, loss, params, h0, inputs, targets, weights):
         h = step(params, h, inp)
         return h, a * loss(params, h, y)
 
-    _, ls = jax.lax.scan(body, h0, (inputs, targets, weights))
-    return jnp.sum(ls)
+    if not isinstance(inputs, AbstractStepInputs):
+        _, ls = jax.lax.scan(body, h0, (inputs, targets, weights))
+        return jnp.sum(ls)
+
+    def body_at(carry, _):
+        # a counter, not a scanned `arange` (which would be a length-T array)
+        h, total, i = carry
+        y = jax.tree.map(lambda v: v[i], targets)
+        h, value = body(h, (inputs.at(i), y, weights[i]))
+        return (h, total + value, i + 1), None
+
+    total = jnp.zeros((), jnp.result_type(weights))
+    (_, total, _), _ = jax.lax.scan(
+        body_at, (h0, total, 0), None, length=inputs.length()
+    )
+    return total

@@ -13,7 +13,8 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 from .._integrate import Diffrax, _input_at
 from .._losses import mse
 from .._model import Model
-from ._base import AbstractGradient, scan_loss
+from .._step_inputs import step_at
+from ._base import AbstractStepwiseGradient, scan_loss
 from ._rtrl_structured import add_immediate, has_structure, structured_jacobians
 
 
@@ -34,7 +35,7 @@ class RTRLState(eqx.Module):
     t: Float[Array, ""]
 
 
-class RTRL(AbstractGradient):
+class RTRL(AbstractStepwiseGradient):
     """Real-time recurrent learning (Williams & Zipser, 1989): forward sensitivities.
 
     Along with the state it carries `P_t = ∂h_t/∂θ` for every parameter,
@@ -323,26 +324,33 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
     total = jnp.zeros((), jnp.result_type(weights))
     carry = (h0, blocks, g_sens, g_direct, total)
     sequence = (inputs, targets, weights)
+    T = weights.shape[0]
+
+    def at(i):
+        # step i's inputs are built here, from the sequence (no length-T copies)
+        return step_at(inputs, i), jax.tree.map(lambda x: x[i], targets), weights[i]
+
     if strategy.block > 1:
         carry = _block_scan(
             plan, step, step_loss, params, carry, sequence, strategy.block
         )
     elif sum(P.size for P in blocks) < _UNROLL_MIN_SIZE:
-        carry, _ = jax.lax.scan(body, carry, sequence)
+
+        def one(carry, _):
+            carry, i = carry  # a counter, not a scanned `arange`
+            return (body(carry, at(i))[0], i + 1), None
+
+        (carry, _), _ = jax.lax.scan(one, (carry, 0), None, length=T)
     else:
         # Two steps per iteration: each step's `J P` product then writes straight
         # into the buffer the other one read, instead of `P` being copied once a
         # step. (Indexing the sequence, rather than `scan(..., unroll=2)`, which
         # would copy it into pairs.)
-        def at(i):
-            return jax.tree.map(lambda x: x[i], sequence)
-
         def pair(carry, _):
             carry, i = carry
             carry = body(carry, at(2 * i))[0]
             return (body(carry, at(2 * i + 1))[0], i + 1), None
 
-        T = weights.shape[0]
         (carry, _), _ = jax.lax.scan(pair, (carry, 0), None, length=T // 2)
         if T % 2:
             carry = body(carry, at(T - 1))[0]
@@ -369,9 +377,8 @@ def _block_scan(plan, step, step_loss, params, carry, sequence, k):
     k = min(k, T)
     # The static row pattern of each tracked block's immediate Jacobian (the values
     # of this call are unused and removed by XLA).
-    _, imm0 = structured_jacobians(
-        params, carry[0], *jax.tree.map(lambda a: a[0], sequence[0])
-    )
+    inputs, targets, weights = sequence
+    _, imm0 = structured_jacobians(params, carry[0], *step_at(inputs, 0))
     rows = [
         None if r is None else r.rows
         for r in (_immediate_of(plan, i, imm0) for i in plan.tracked)
@@ -380,7 +387,11 @@ def _block_scan(plan, step, step_loss, params, carry, sequence, k):
     def one_block(carry, _):
         carry, i = carry  # a counter, not a scanned `arange` (an O(T / k) array)
         idx = i * k + jnp.arange(k)
-        seq = jax.tree.map(lambda a: a[jnp.minimum(idx, T - 1)], sequence)
+        j = jnp.minimum(idx, T - 1)
+        seq = (
+            jax.vmap(lambda j: step_at(inputs, j))(j),
+            *jax.tree.map(lambda a: a[j], (targets, weights)),
+        )
         carry = _block_step(plan, step, step_loss, params, rows, carry, seq, idx < T)
         return (carry, i + 1), None
 

@@ -474,5 +474,10 @@ def _primitive(v) -> bool:
 
 
 def _as_overrides(mapping: dict[str, Any]) -> list[str]:
-    # JSON is YAML: the config loader reads each value back as it was written
-    return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]
+    """`KEY=VALUE` as typed on the command line: a string as it is (a string
+    field takes the text as written), anything else as JSON, which the config
+    loader reads back as YAML."""
+    return [
+        f"{k}={v}" if isinstance(v, str) else f"{k}={json.dumps(v)}"
+        for k, v in mapping.items()
+    ]

@@ -14,6 +14,7 @@ import importlib.resources
 import inspect
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,14 +50,6 @@ DIFFRAX_SOLVERS = {
     "kvaerno4": "Kvaerno4",
     "kvaerno5": "Kvaerno5",
 }
-SCHEDULES = (
-    "constant",
-    "cosine",
-    "warmup_cosine",
-    "exponential",
-    "linear",
-    "warmup_constant",
-)
 # keyword arguments of a dynamics' constructor that the config sets itself
 _DYNAMICS_OWN_ARGS = {"hidden_size", "input_size", "key", "activation", "tau", "size"}
 
@@ -77,6 +70,16 @@ class _Strict(BaseModel):
     def explicit(self, name: str) -> bool:
         """Whether the key `name` was given (rather than defaulted)."""
         return name in self.model_fields_set
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections(cls, data):
+        # `schedule: null` (or `optim.schedule=null`) switches an optional
+        # section off: the same as leaving it out, i.e. its defaults
+        if isinstance(data, dict):
+            nulls = [k for k, v in data.items() if v is None and _is_section(cls, k)]
+            data = {k: v for k, v in data.items() if k not in nulls}
+        return data
 
 
 class TaskConfig(_Strict):
@@ -661,8 +664,14 @@ def parse_yaml(text: str, *, source: str = "config"):
         raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
 
 
-def parse_scalar(text: str):
-    """A command-line override's value, read as a YAML scalar."""
+def parse_scalar(text: str, annotation: Any = None):
+    """A command-line override's value, read as the type of the field it sets
+    (`annotation`, `None` if not known): the text as written for a string
+    field (`null` for an optional one is `None`), a YAML scalar otherwise."""
+    if annotation is str or annotation == (str | None):
+        if annotation is not str and text in _YAML_NULLS:
+            return None
+        return text
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506
     except yaml.YAMLError:
@@ -698,10 +707,42 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 break
             node = child
         if ok:
-            node[parts[-1]] = parse_scalar(value)
+            node[parts[-1]] = parse_scalar(value, _annotation(parts))
     if errors:
         raise ConfigError(errors)
     return raw
+
+
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    """Whether `key` of `model` is a section (a nested config with defaults)."""
+    field = model.model_fields.get(key)
+    if field is None or field.is_required():
+        return False
+    return isinstance(field.annotation, type) and issubclass(
+        field.annotation, BaseModel
+    )
+
+
+def _annotation(parts: list[str]) -> Any:
+    """The type of the config field at a dotted key path (`None` where it is
+    not a declared field, e.g. `model.options.*` or an optimiser's keyword)."""
+    model: Any = Config
+    annotation = None
+    for part in parts:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        # step into a section, also an optional one (`IntegratorConfig | None`)
+        members = typing.get_args(annotation) or (annotation,)
+        model = next(
+            (t for t in members if isinstance(t, type) and issubclass(t, BaseModel)),
+            None,
+        )
+    return annotation
 
 
 def builtin_config_dir() -> Path:
@@ -727,6 +768,10 @@ def resolve_config_path(name: str | Path | None) -> Path:
     if stem in builtins and (p.parent == Path(".") or not p.exists()):
         if p.parent == Path(".") or not p.parent.exists():
             return builtins[stem]
+    if p.exists():
+        raise ConfigError(
+            [f"config: {str(name)!r} is a directory, not a config file (YAML)"]
+        )
     choices = ", ".join(builtins) or "none"
     close = difflib.get_close_matches(stem, list(builtins), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -736,6 +781,28 @@ def resolve_config_path(name: str | Path | None) -> Path:
             f"built-ins: {choices}"
         ]
     )
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file.
+
+    **Raises:** `ConfigError` if the file cannot be read (a directory, no
+    permission) or is not UTF-8 text (a binary file passed by mistake).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError([f"config: cannot read {str(path)!r}: {why}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [
+                f"config: {str(path)!r} is not a text file (byte 0x{data[e.start]:02x} "
+                f"at offset {e.start} is not UTF-8); a config is a YAML file"
+            ]
+        ) from None
 
 
 def validate_config(raw: Any, *, name: str | None = None) -> Config:
@@ -787,11 +854,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     **Raises:** `ConfigError` (one line per problem) if anything is wrong.
     """
     p = resolve_config_path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError([f"config: cannot read {str(p)!r}: {e.strerror}"]) from None
-    raw = parse_yaml(text, source=str(p)) or {}
+    raw = parse_yaml(read_config_text(p), source=str(p)) or {}
     if not isinstance(raw, dict):
         raise ConfigError([f"config: {p} must be a mapping of keys, got {_show(raw)}"])
     raw = apply_overrides(raw, list(overrides))

@@ -117,3 +117,12 @@ def truncate_after(run_dir: Path, step: int) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write_text(Path(run_dir) / SUMMARY, to_json(summary, indent=2) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's `summary.json`; `None` if there is none or it cannot be read."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None

@@ -38,14 +38,8 @@ def plot_losses(path: Path, steps, losses, metrics: list[dict], *, title: str = 
         positive = positive and all(x > 0 for x in v)
     if positive:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title or "loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _label(ax, "step", "loss", title or "loss")
+    _save(fig, path)
 
 
 def plot_predictions(
@@ -77,9 +71,7 @@ def plot_predictions(
             ax.set_xlabel(f"target {j}")
             ax.set_ylabel(f"equilibrium output {j}")
         fig.suptitle(title or "equilibrium outputs vs targets (test)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
         return
     T, N = outputs.shape[:2]
     num = min(num, N)
@@ -165,9 +157,7 @@ def plot_predictions(
                 ax.legend(loc="upper right", fontsize="small", ncol=2)
     axes[-1, 0].set_xlabel("class or step" if classification else "time")
     fig.suptitle(title or "test predictions vs targets")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_phase(path: Path, model_xv, target_xv=None, *, num: int = 3, title: str = ""):
@@ -195,11 +185,19 @@ def plot_phase(path: Path, model_xv, target_xv=None, *, num: int = 3, title: str
             lw=1.2,
             label="model" if i == 0 else None,
         )
-    ax.set_xlabel("position x")
-    ax.set_ylabel("velocity v")
-    ax.set_title(title or "phase portrait (test)")
+    _label(ax, "position x", "velocity v", title or "phase portrait (test)")
+    _save(fig, path)
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)

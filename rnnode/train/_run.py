@@ -31,6 +31,7 @@ from ._build import (
     split_arrays,
 )
 from ._config import Config, ConfigError, _one_line, config_to_yaml, load_config
+from ._environment import environment, format_environment
 from ._steps import _evaluate, make_chunk, make_online_chunk
 
 
@@ -73,7 +74,9 @@ def _runtime_message(e: Exception) -> str:
     return text.split("\n\n")[0].strip()
 
 
-def _solve_failed(e: Exception, step: int, run_dir, main: bool) -> TrainingDiverged:
+def _solve_failed(
+    e: Exception, step: int, run_dir, main: bool, environment: dict
+) -> TrainingDiverged:
     """A `TrainingDiverged` from an `equinox.EquinoxRuntimeError` (a failed
     `eqx.error_if` check, e.g. a non-converging equilibrium) raised near `step`;
     writes the run's summary."""
@@ -83,7 +86,7 @@ def _solve_failed(e: Exception, step: int, run_dir, main: bool) -> TrainingDiver
         f"training stopped after step {step}: {text}{_CONFIG_HINT} "
         f"{where[0].upper()}{where[1:]}."
     )
-    return _stopped(run_dir, main, "failed", msg, step)
+    return _stopped(run_dir, main, "failed", msg, step, environment)
 
 
 def _last_checkpoint(run_dir) -> str:
@@ -93,12 +96,18 @@ def _last_checkpoint(run_dir) -> str:
     return f"the last good checkpoint is {found[0][1]} (step {found[0][0]})"
 
 
-def _stopped(run_dir, main: bool, status: str, msg: str, step: int):
+def _stopped(run_dir, main: bool, status: str, msg: str, step: int, environment: dict):
     """Record a stopped run in its summary; the error to raise."""
     if main:
         mt.write_summary(
             run_dir,
-            {"status": status, "message": msg, "step": step, "run_dir": str(run_dir)},
+            {
+                "status": status,
+                "message": msg,
+                "step": step,
+                "run_dir": str(run_dir),
+                "environment": environment,
+            },
         )
     return TrainingDiverged(msg)
 
@@ -170,7 +179,9 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
     cfg, task, setup = prepare(config)
     mesh = _make_mesh(cfg)
     # ---- everything is validated: from here on files are written
-    run = _Run(cfg, task, setup, _open_run_dir(cfg, resume), mesh)
+    env = environment(dtype=cfg.train.dtype, seed=cfg.train.seed, mesh=mesh)
+    _say(format_environment(env), progress and _is_main())
+    run = _Run(cfg, task, setup, _open_run_dir(cfg, resume), mesh, env)
     if resume:
         run.restore(progress)
     elif run.main:
@@ -188,7 +199,7 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
         # ---- final evaluation (inside: a failed solve is reported the same way)
         test_loss, metrics, hs, outs = run.evaluate_now()
     except eqx.EquinoxRuntimeError as e:
-        raise _solve_failed(e, run.step, run.dir, run.main) from None
+        raise _solve_failed(e, run.step, run.dir, run.main, run.environment) from None
     except StopTraining as e:
         if run.main:
             last = {k: loop.last_record[k] for k in ("train_loss", "test_loss", "test")}
@@ -200,6 +211,7 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
                     "step": run.step,
                     **last,
                     "run_dir": str(run.dir),
+                    "environment": run.environment,
                 },
             )
         raise
@@ -236,6 +248,7 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
             loop_s - (loop.first_call_s or 0),
         ),
         "run_dir": str(run.dir),
+        "environment": run.environment,
         "files": {},
     }
     if run.main:
@@ -279,14 +292,16 @@ def _open_run_dir(cfg: Config, resume: bool) -> Path:
 
 
 class _Run:
-    """A run's data, compiled chunk and training state (`params`, `opt_state`,
+    """A run's data, environment, compiled chunk and training state (`params`, `opt_state`,
     `key`, the online streams in `extra`, `step`); saving, restoring and
     evaluating that state."""
 
-    def __init__(self, cfg: Config, task, setup, run_dir: Path, mesh):
+    def __init__(
+        self, cfg: Config, task, setup, run_dir: Path, mesh, environment: dict
+    ):
         self.cfg, self.task, self.setup = cfg, task, setup
         self.dir, self.mesh = run_dir, mesh
-        self.main = _is_main()
+        self.main, self.environment = _is_main(), environment
         tc = cfg.train
         dtype = setup.dtype
         self.train_data = split_arrays(cfg, task, task.train, dtype)
@@ -447,7 +462,9 @@ class _Run:
             f"{_last_checkpoint(self.dir)}. Try a smaller optim.lr, "
             "optim.clip_norm, or a smaller model.integrator.dt"
         )
-        return _stopped(self.dir, self.main, "diverged", msg, bad_step)
+        return _stopped(
+            self.dir, self.main, "diverged", msg, bad_step, self.environment
+        )
 
 
 class _Loop:

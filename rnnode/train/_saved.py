@@ -20,7 +20,8 @@ from ._build import (
     prepare,
     split_arrays,
 )
-from ._config import Config, parse_yaml, validate_config
+from ._config import Config, parse_yaml, read_config_text, validate_config
+from ._environment import environment
 from ._run import _is_main, _params_report, _runtime_message
 from ._steps import _evaluate, make_online_chunk
 
@@ -35,7 +36,7 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not an rnnode run (no config.yaml)")
-    raw = parse_yaml(path.read_text(), source=str(path))
+    raw = parse_yaml(read_config_text(path), source=str(path))
     cfg = validate_config(raw, name=run_dir.name)
     cfg.out_dir = str(run_dir)
     return cfg
@@ -130,6 +131,9 @@ def evaluate(run_dir: str | Path) -> dict:
             "test_loss": test_loss,
             "test": task.metrics(np.asarray(outs, dtype=np.float64), task.test),
             **_params_report(model, task),
+            # where this evaluation ran, and where the run was trained
+            "environment": environment(dtype=cfg.train.dtype, seed=cfg.train.seed),
+            "trained_environment": (mt.read_summary(run_dir) or {}).get("environment"),
         }
     if _is_main():
         ckpt.atomic_write_text(

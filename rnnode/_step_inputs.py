@@ -1,0 +1,59 @@
+"""The inputs of a sequence's steps built one step at a time, inside the loop
+over the steps: no arrays of length `T` are made for them."""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+
+
+class AbstractStepInputs(eqx.Module):
+    """The inputs of every step of a sequence, built one step at a time: `at(i)`
+    is step `i`'s, computed inside a strategy's loop, so that no arrays of length
+    `T` are made for them (e.g. `Model.sequence_inputs`: `(t_i, x_i, x_{i+1})` from
+    the input sequence alone)."""
+
+    @abc.abstractmethod
+    def length(self) -> int:
+        """The number of steps `T`."""
+
+    @abc.abstractmethod
+    def at(self, i: Int[ArrayLike, ""]) -> PyTree:
+        """The inputs of step `i` (`0 <= i < T`, possibly traced)."""
+
+
+class SequenceInputs(AbstractStepInputs):
+    """The arguments `(t_i, x_i, x_{i+1})` of `Model.step` for step `i` of an
+    input sequence `xs`, with `t_i = t0 + i dt` and `x_{T} = x_{T-1}` at the end
+    (`Model.sequence_inputs`)."""
+
+    xs: Float[Array, "time input"]
+    t0: Float[ArrayLike, ""]
+    dt: Float[ArrayLike, ""]
+
+    def length(self) -> int:
+        return self.xs.shape[0]
+
+    def at(self, i):
+        T = self.xs.shape[0]
+        t = self.t0 + self.dt * jnp.asarray(i, dtype=self.xs.dtype)
+        x_next = self.xs[jnp.minimum(i + 1, T - 1)]
+        return t, self.xs[i], x_next
+
+
+def step_at(inputs: PyTree, i: Int[ArrayLike, ""]) -> PyTree:
+    """Step `i`'s inputs from an `AbstractStepInputs` or a pytree with a leading
+    time axis."""
+    if isinstance(inputs, AbstractStepInputs):
+        return inputs.at(i)
+    return jax.tree.map(lambda x: x[i], inputs)
+
+
+def stacked(inputs: PyTree) -> PyTree:
+    """The inputs of all steps as a pytree with a leading time axis (an
+    `AbstractStepInputs` is built for every step; a pytree is returned as is)."""
+    if isinstance(inputs, AbstractStepInputs):
+        return jax.vmap(inputs.at)(jnp.arange(inputs.length()))
+    return inputs
