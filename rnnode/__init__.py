@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import analysis as analysis, train as train
+from . import analysis as analysis, sweep as sweep, train as train
 from ._cells import GRU as GRU, LSTM as LSTM, ElmanRNN as ElmanRNN
 from ._dynamics import (
     CTRNN as CTRNN,

@@ -27,6 +27,8 @@ _EPILOG = textwrap.dedent(
       rnnode list                               the built-in configs and the tasks
       rnnode analyse runs/sine --what fixed_points
       rnnode config sine model.hidden_size=64   print the resolved config, run nothing
+      rnnode sweep configs/sweeps/sine.yaml --workers 2
+                                                search hyperparameters with Optuna
 
     exit status: 0 success, 1 error, 2 invalid config or usage, 3 loss became NaN/inf or a solve did not converge
     """
@@ -164,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
         help="fixed_points: how many starts, drawn from the visited states plus "
         "noise (default 64)",
     )
+
+    from .sweep._command import add_parser as add_sweep
+
+    add_sweep(sub, overrides_help)
 
     c = sub.add_parser(
         "config",
@@ -433,6 +439,12 @@ def _fixed_point_input(text: str | None, task) -> tuple[list[float], str]:
     return zeros, f"{label}: zeros, task {task.name} defines no resting input"
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep._command import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
@@ -441,9 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         bad = [a for a in extra if a.startswith("-")]
-        target = {"train": "args", "config": "args", "resume": "overrides"}.get(
-            args.command
-        )
+        target = {
+            "train": "args",
+            "config": "args",
+            "resume": "overrides",
+            "sweep": "overrides",
+        }.get(args.command)
         if bad or target is None:
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         setattr(args, target, [*getattr(args, target), *extra])
@@ -461,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "analyse": _cmd_analyse,
         "analyze": _cmd_analyse,
         "config": _cmd_config,
+        "sweep": _cmd_sweep,
     }
     try:
         with warnings.catch_warnings():

@@ -21,7 +21,11 @@ from ._config import (
     load_config as load_config,
     validate_config as validate_config,
 )
-from ._run import TrainingDiverged as TrainingDiverged, train as train
+from ._run import (
+    StopTraining as StopTraining,
+    TrainingDiverged as TrainingDiverged,
+    train as train,
+)
 from ._saved import (
     EvaluationFailed as EvaluationFailed,
     evaluate as evaluate,

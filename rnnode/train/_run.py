@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
@@ -37,6 +38,22 @@ from ._steps import _evaluate, make_chunk, make_online_chunk, states_key
 class TrainingDiverged(RuntimeError):
     """The loss or its gradient became NaN or infinite, or an iterative solve inside
     it (an equilibrium, its adjoint) did not converge; the run was stopped."""
+
+
+class StopTraining(Exception):
+    """Raised by a `train(..., on_eval=...)` hook to stop the run at once (a
+    sweep's pruner, an early stop): what was written is kept, including the
+    checkpoint of that evaluation's step, and `summary.json` gets `status`.
+
+    **Arguments:**
+
+    - `message`: why (stored in the summary).
+    - `status`: the summary's status, e.g. `"pruned"` (default `"stopped"`).
+    """
+
+    def __init__(self, message: str = "stopped by on_eval", *, status: str = "stopped"):
+        super().__init__(message)
+        self.status = status
 
 
 _CONFIG_HINT = (
@@ -124,6 +141,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     overrides: list[str] = (),
+    on_eval: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Run (or resume) the experiment a config describes; returns the summary.
 
@@ -135,9 +153,15 @@ def train(
       checkpoint (a fresh start if it has none); otherwise a new run directory
       is used (`out_dir`, or `out_dir-2`, … if that one is taken).
     - `progress`: show a progress bar and messages on stderr.
+    - `on_eval`: called as `on_eval(step, record)` after each evaluation (every
+      `train.eval_every` steps and at the end) once that step's metrics and
+      checkpoint are written; `record` is the line of `metrics.jsonl`
+      (`train_loss`, `test_loss`, `test: {metric: value}`). Raising
+      `StopTraining` from it stops the run there.
 
     **Raises:** `ConfigError` for an invalid config (before anything is
-    written), `TrainingDiverged` if the loss stops being finite.
+    written), `TrainingDiverged` if the loss stops being finite,
+    `StopTraining` if `on_eval` raised it (after writing the summary).
     """
     if not isinstance(config, Config):
         config = load_config(config, list(overrides))
@@ -147,10 +171,10 @@ def train(
             d.coordinator_address, d.num_processes, d.process_id
         )
     with _x64_context(config):
-        return _train(config, resume=resume, progress=progress)
+        return _train(config, resume=resume, progress=progress, on_eval=on_eval)
 
 
-def _train(config: Config, *, resume: bool, progress: bool) -> dict:
+def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dict:
     t_start = time.perf_counter()
     cfg, task, setup = prepare(config)
     mesh = _make_mesh(cfg)
@@ -169,13 +193,28 @@ def _train(config: Config, *, resume: bool, progress: bool) -> dict:
         run.params, run.opt_state = _sharding.replicate(
             mesh, (run.params, run.opt_state)
         )
-    loop = _Loop(run, progress)
+    loop = _Loop(run, progress, on_eval)
     try:
         loop.train()
         # ---- final evaluation (inside: a failed solve is reported the same way)
         test_loss, metrics, hs, outs = run.evaluate_now()
     except eqx.EquinoxRuntimeError as e:
         raise _solve_failed(e, run.step, run.dir, run.main, run.environment) from None
+    except StopTraining as e:
+        if run.main:
+            last = {k: loop.last_record[k] for k in ("train_loss", "test_loss", "test")}
+            mt.write_summary(
+                run.dir,
+                {
+                    "status": e.status,
+                    "message": str(e),
+                    "step": run.step,
+                    **last,
+                    "run_dir": str(run.dir),
+                    "environment": run.environment,
+                },
+            )
+        raise
     finally:
         if loop.bar is not None:
             loop.bar.close()
@@ -432,8 +471,9 @@ class _Loop:
     """The training loop: chunks of steps up to the next evaluation or
     checkpoint, with the progress bar, the loss and metrics files."""
 
-    def __init__(self, run: _Run, progress: bool):
+    def __init__(self, run: _Run, progress: bool, on_eval=None):
         self.run = run
+        self.on_eval = on_eval
         tc = run.cfg.train
         self.bar = None
         if progress and run.main:
@@ -489,10 +529,13 @@ class _Loop:
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(n)
             elapsed = run.elapsed_before + time.perf_counter() - self.t_loop
-            if step % tc.eval_every == 0 or step == total:
+            evaluated = step % tc.eval_every == 0 or step == total
+            if evaluated:
                 self.evaluate(elapsed)
             if step % tc.checkpoint_every == 0 or step == total:
                 run.save(elapsed)
+            if evaluated and self.on_eval is not None:
+                self.on_eval(step, self.last_record)
 
     def evaluate(self, elapsed: float) -> None:
         """Evaluate on the test set; append the record to `metrics.jsonl`."""
