@@ -124,7 +124,8 @@ BAD = [
     (
         ["train.online=true"],
         "train.online: online training updates the weights at every time step and "
-        "needs an online gradient.name (rtrl, snap, uoro, kf_rtrl, rflo, eprop), got "
+        "needs an online gradient.name (rtrl, snap, uoro, kf_rtrl, rflo, eprop, "
+        "layer_local), got "
         "autodiff",
     ),
     (
@@ -167,7 +168,7 @@ BAD = [
     (
         ["gradient.name=rtlr"],
         "gradient.name: must be one of 'autodiff', 'bptt', 'rtrl', 'implicit', 'snap', "
-        "'uoro', 'kf_rtrl', 'rflo' or 'eprop', got 'rtlr'",
+        "'uoro', 'kf_rtrl', 'rflo', 'eprop' or 'layer_local', got 'rtlr'",
     ),
     (
         ["task.name=steady_state", "gradient.name=uoro"],

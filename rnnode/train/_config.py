@@ -38,13 +38,13 @@ GRADIENTS = {
     "autodiff": "Autodiff",
     "bptt": "BPTT",
     "rtrl": "RTRL",
-    "layer_local": "LayerLocalRTRL",
     "implicit": "Implicit",
     "snap": "SnAp",
     "uoro": "UORO",
     "kf_rtrl": "KFRTRL",
     "rflo": "RFLO",
     "eprop": "EProp",
+    "layer_local": "LayerLocalRTRL",
 }
 # the methods with an online `init` / `step` (for `train.online: true`)
 ONLINE_GRADIENTS = ("rtrl", "snap", "uoro", "kf_rtrl", "rflo", "eprop", "layer_local")
