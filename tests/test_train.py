@@ -26,6 +26,7 @@ from rnnode.train import (
     load_config,
     load_run,
     train,
+    validate_config,
 )
 from rnnode.train._config import GRADIENTS as NEEDS
 from rnnode.train._environment import _git_state, environment
@@ -213,6 +214,36 @@ def test_online_sparse_rate_network_resumes_bit_identically(tmp_path, monkeypatc
     assert np.all(W[~dyn.mask.array] == 0) and np.all(W[dyn.mask.array] != 0)
     cfg = load_config(None, [*args, f"out_dir={tmp_path / 'run'}"])
     _assert_same_run(_kill_and_resume(cfg, 6, monkeypatch), ref)
+
+
+def test_online_layer_local_on_one_lru_trains_like_rtrl(tmp_path):
+    """`gradient.name: layer_local` trains online through `train.online`; on one
+    LRU it is exact, so the run ends with the parameters of online exact RTRL."""
+    runs = {}
+    for name in ("rtrl", "layer_local"):
+        raw = {
+            "task": {
+                "name": "sine",
+                "options": {"num_steps": 5, "num_train": 4, "num_test": 2},
+            },
+            "model": {"dynamics": "lru", "hidden_size": 4},
+            "gradient": {"name": name},
+            "train": {
+                "online": True,
+                "batch_size": 2,
+                "steps": 6,
+                "steps_per_call": 3,
+                "eval_every": 6,
+                "checkpoint_every": 6,
+            },
+            "out_dir": str(tmp_path / name),
+        }
+        assert train(validate_config(raw), progress=False)["status"] == "finished"
+        runs[name] = tmp_path / name
+    first = _params(runs["rtrl"])
+    for a, b in zip(first, _params(runs["layer_local"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert max(float(np.max(np.abs(np.asarray(a)))) for a in first) > 0
 
 
 def test_eval_falls_back_from_a_corrupt_checkpoint(quickstart, tmp_path, capsys):
