@@ -5,29 +5,17 @@ finish, write its table, and report gradients that agree with the reference.
 scripts write, not in tests.)
 """
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import run_script
 
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
 
 
 def _run(script: str, *args: str) -> str:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc.stdout
+    return run_script(BENCH / script, *args)
 
 
 def _table(text: str, header_start: str) -> list[list[str]]:

@@ -3,9 +3,6 @@ analyse --what alignment`), the Add task's online config, and the online study a
 benchmark scripts run on tiny sizes (nothing here is timed)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -14,6 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _scripts import run_script
 
 import rnnode as rn
 from rnnode import analysis as an
@@ -202,23 +200,8 @@ def test_analyse_alignment_of_a_run(tmp_path, capsys, monkeypatch):
     assert (run / "analysis" / "alignment.png").stat().st_size > 1000
 
 
-def _script(path, *args):
-    # this checkout's rnnode, whatever is installed
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / path), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc.stdout
-
-
-def test_compare_online_script(tmp_path):
-    out = _script(
+def test_compare_onlinerun_script(tmp_path):
+    out = run_script(
         "experiments/compare_online.py",
         *("--steps", "60", "--hidden", "4", "--chunk", "30", "--truncate", "5"),
         *("--methods", "RTRL,SnAp-1,TBPTT", "--out", str(tmp_path)),
@@ -236,8 +219,8 @@ def test_compare_online_script(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
-def test_bench_online_script(tmp_path):
-    _script(
+def test_bench_onlinerun_script(tmp_path):
+    run_script(
         "experiments/benchmarks/bench_online.py",
         *("--sizes", "4", "8", "--densities", "1", "0.5", "--chunk", "3"),
         *("--methods", "RTRL", "SnAp-2", "--repeats", "3", "--budget", "0.5"),

@@ -2,17 +2,11 @@
 
 import equinox as eqx
 
-from ._online import (
-    ALL_CELLS,
-    AbstractTraceGradient,
-    check_cell,
-    check_feedback,
-    check_seed,
-)
-from ._snap import eligibility_advance, eligibility_gradient, init_unit_traces
+from ._eligibility import AbstractEligibilityGradient
+from ._online import ALL_CELLS, check_cell
 
 
-class EProp(AbstractTraceGradient):
+class EProp(AbstractEligibilityGradient):
     """Eligibility propagation (Bellec, Scherr, Subramoney, Hajek, Salaj, Legenstein
     & Maass, 2020, "A solution to the learning dilemma for recurrent networks of
     spiking neurons", Nature Communications).
@@ -49,21 +43,5 @@ class EProp(AbstractTraceGradient):
     feedback: str = eqx.field(static=True, default="symmetric")
     seed: int = eqx.field(static=True, default=0)
 
-    def __check_init__(self):
-        check_feedback("EProp", self.feedback)
-        check_seed("EProp", self.seed)
-
     def _validate(self, params):
         check_cell("EProp", params, ALL_CELLS, "Use `UORO()` for any other step.")
-
-    def _init_trace(self, params, h, inp):
-        return init_unit_traces(params, h, inp, 1)
-
-    def _advance(self, step, params, h, trace, key, inp):
-        del key
-        return eligibility_advance(step, params, h, trace, inp)
-
-    def _gradient(self, params, trace, aux, dh, h, y, loss):
-        return eligibility_gradient(
-            self.feedback, self.seed, params, trace, aux, dh, h, y, loss
-        )

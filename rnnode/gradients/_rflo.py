@@ -4,11 +4,11 @@ import equinox as eqx
 
 from .._cells import ElmanRNN
 from .._dynamics import CTRNN
-from ._online import AbstractTraceGradient, check_cell, check_feedback, check_seed
-from ._snap import eligibility_advance, eligibility_gradient, init_unit_traces
+from ._eligibility import AbstractEligibilityGradient
+from ._online import check_cell
 
 
-class RFLO(AbstractTraceGradient):
+class RFLO(AbstractEligibilityGradient):
     """Random-feedback local online learning (Murray, 2019, "Local online learning
     in recurrent networks with random feedback", eLife).
 
@@ -43,23 +43,7 @@ class RFLO(AbstractTraceGradient):
     feedback: str = eqx.field(static=True, default="symmetric")
     seed: int = eqx.field(static=True, default=0)
 
-    def __check_init__(self):
-        check_feedback("RFLO", self.feedback)
-        check_seed("RFLO", self.seed)
-
     def _validate(self, params):
         check_cell(
             "RFLO", params, (ElmanRNN, CTRNN), "Use `EProp()` for `LSTM` and `GRU`."
-        )
-
-    def _init_trace(self, params, h, inp):
-        return init_unit_traces(params, h, inp, 1)
-
-    def _advance(self, step, params, h, trace, key, inp):
-        del key
-        return eligibility_advance(step, params, h, trace, inp)
-
-    def _gradient(self, params, trace, aux, dh, h, y, loss):
-        return eligibility_gradient(
-            self.feedback, self.seed, params, trace, aux, dh, h, y, loss
         )
