@@ -40,6 +40,8 @@ from ._sequence import sequence_loss as sequence_loss
 from ._stack import Stack as Stack
 from .gradients import (
     BPTT as BPTT,
+    DEER as DEER,
+    ELK as ELK,
     KFRTRL as KFRTRL,
     RFLO as RFLO,
     RTRL as RTRL,
@@ -48,6 +50,7 @@ from .gradients import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
     AbstractFixedPointSolver as AbstractFixedPointSolver,
     AbstractGradient as AbstractGradient,
+    AbstractNewtonTrajectory as AbstractNewtonTrajectory,
     AbstractOnlineGradient as AbstractOnlineGradient,
     AbstractStepInputs as AbstractStepInputs,
     AbstractStepwiseGradient as AbstractStepwiseGradient,
@@ -62,12 +65,14 @@ from .gradients import (
     OnlineState as OnlineState,
     RTRLState as RTRLState,
     SnAp as SnAp,
+    TrajectorySolution as TrajectorySolution,
     Unrolled as Unrolled,
     adjoint_trajectory as adjoint_trajectory,
     equilibrium as equilibrium,
     equilibrium_loss as equilibrium_loss,
     fixed_point_map as fixed_point_map,
     implicit_adjoint as implicit_adjoint,
+    parallel_rollout as parallel_rollout,
     spectral_radius_estimate as spectral_radius_estimate,
 )
 

@@ -8,6 +8,8 @@ from ._base import (
     Autodiff as Autodiff,
 )
 from ._bptt import BPTT as BPTT, adjoint_trajectory as adjoint_trajectory
+from ._deer import DEER as DEER
+from ._elk import ELK as ELK
 from ._eprop import EProp as EProp
 from ._implicit import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
@@ -25,6 +27,11 @@ from ._implicit import (
 )
 from ._kf_rtrl import KFRTRL as KFRTRL
 from ._layer_local import LayerLocalRTRL as LayerLocalRTRL
+from ._newton import (
+    AbstractNewtonTrajectory as AbstractNewtonTrajectory,
+    TrajectorySolution as TrajectorySolution,
+    parallel_rollout as parallel_rollout,
+)
 from ._online import (
     AbstractOnlineGradient as AbstractOnlineGradient,
     AbstractTraceGradient as AbstractTraceGradient,

@@ -73,7 +73,9 @@ def check_options(method) -> None:
     if not isinstance(method.quasi, bool):
         raise ValueError(f"`{name}(quasi={method.quasi!r})` must be True or False")
     m = method.max_steps
-    if m is not None and not (isinstance(m, int) and not isinstance(m, bool) and m >= 1):
+    if m is not None and not (
+        isinstance(m, int) and not isinstance(m, bool) and m >= 1
+    ):
         raise ValueError(
             f"`{name}(max_steps={m!r})` must be None (the sequence length T) or an "
             "integer >= 1"

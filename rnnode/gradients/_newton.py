@@ -161,9 +161,7 @@ class AbstractNewtonTrajectory(AbstractGradient):
             return (*kept, steps + ok.astype(steps.dtype), ~ok, history)
 
         init = (h, h_prev, fs, A, res, thr, jnp.asarray(0, jnp.int32), bad, history)
-        h, _, _, _, res, thr, steps, bad, history = jax.lax.while_loop(
-            cond, body, init
-        )
+        h, _, _, _, res, thr, steps, bad, history = jax.lax.while_loop(cond, body, init)
         return TrajectorySolution(
             value=h,
             result=make_result(res <= thr, bad),
