@@ -26,6 +26,7 @@ exponent against `g`).
 import argparse
 import math
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def write(rows, args, elapsed):
             f"| {r['g']:.2f} | {r['T']} | {r['lyap']:+.3f} | {r['iters']} | "
             f"{r['outcome']} | {r['err']:.1e} | {r['wall']:.1f} |"
         )
-    (out / "deer_predictability.md").write_text("\n".join(lines) + "\n")
+    name = "deer_predictability_quick" if args.quick else "deer_predictability"
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
 
@@ -128,23 +130,26 @@ def write(rows, args, elapsed):
     cmap = plt.get_cmap("coolwarm")
     for i, g in enumerate(gains):
         rs = [r for r in rows if r["g"] == g]
+        ok = [r for r in rs if r["outcome"] != "diverged"]
         c = cmap(i / max(1, len(gains) - 1))
         ax1.plot(
-            [r["T"] for r in rs],
-            [r["iters"] for r in rs],
+            [r["T"] for r in ok],
+            [r["iters"] for r in ok],
             "o-",
             color=c,
             label=f"g = {g:.2f}",
         )
         for r in rs:
-            if r["outcome"] != "converged":
+            if r["outcome"] == "cap reached":
                 ax1.plot(r["T"], r["iters"], "x", color="k", ms=8)
+            if r["outcome"] == "diverged":  # overflowed: drawn at the cap
+                ax1.plot(r["T"], r["cap"], "*", color=c, ms=12)
     Ts = np.array(sorted({r["T"] for r in rows}))
     ax1.plot(Ts, Ts, "k--", lw=0.8, label="T (the worst case)")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
     ax1.set_xlabel("sequence length T")
-    ax1.set_ylabel("DEER iterations (x: not converged)")
+    ax1.set_ylabel("DEER iterations (x: cap reached, *: diverged)")
     ax1.legend(fontsize=7)
     ax1.set_title("Newton iterations to tolerance")
     Tmax = max(r["T"] for r in rows if r["g"] == gains[0])
@@ -156,7 +161,31 @@ def write(rows, args, elapsed):
     ax2.set_ylabel("largest Lyapunov exponent (per step)")
     ax2.set_title(f"predictability (longest T per g, ≤ {Tmax})")
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "deer_predictability.png", dpi=110)
+    fig.savefig(ROOT / "docs" / f"{name}.png", dpi=110)
+
+
+def read_table(path: Path) -> list[dict]:
+    """The rows of a table written by `write` (to redraw the figure)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != 7 or not cells[0][0].isdigit():
+            continue
+        g, T, lyap, iters, outcome, err, wall = cells
+        cap = int(re.search(r"min\(T, (\d+)\)", path.read_text()).group(1))
+        rows.append(
+            dict(
+                g=float(g),
+                T=int(T),
+                lyap=float(lyap),
+                iters=int(iters),
+                cap=min(int(T), cap),
+                outcome=outcome,
+                err=float(err),
+                wall=float(wall),
+            )
+        )
+    return rows
 
 
 def main():
@@ -175,7 +204,18 @@ def main():
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw the figure from the written table only",
+    )
     args = p.parse_args()
+    if args.replot:
+        table = ROOT / "docs" / "results" / "deer_predictability.md"
+        rows = read_table(table)
+        text = table.read_text()
+        write(rows, args, 60 * float(re.search(r"(\d+) min in all", text).group(1)))
+        return
     if args.quick:
         args.n, args.gains, args.lengths, args.cap = 16, [0.5, 1.5], [20, 50], 50
     start = time.perf_counter()

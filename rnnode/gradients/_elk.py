@@ -104,7 +104,7 @@ def kalman_smoother_mean(A, b, y, h0, penalty: float):
         Ai, bi, Ci, ei, Ji = left
         Aj, bj, Cj, ej, Jj = right
         eye = ops.eye_like(Ci)
-        M = I + ops.mm(Ci, Jj)  # (I + C_i J_j); (I + J_j C_i) is its transpose
+        M = eye + ops.mm(Ci, Jj)  # (I + C_i J_j); (I + J_j C_i) is its transpose
         AjM = ops.mm(Aj, ops.inv_right(M, eye))  # A_j M⁻¹
         A_ = ops.mm(AjM, Ai)
         b_ = ops.mv(AjM, bi + ops.mv(Ci, ej)) + bj
