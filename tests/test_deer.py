@@ -28,12 +28,23 @@ def _lru_stack(key):
     return rn.Model(stack, None, rn.Linear(3, 2, key=k4))
 
 
-def _chaotic(key, gain=3.0, n=6):
+def _strong(key, gain=3.0, n=6):
     """`h_t = W tanh(h_{t-1}) + U x_t + b` (a CTRNN stepped by `Euler(dt=1)`),
-    `W ~ N(0, gain²/n)`: chaotic for `gain` well above 1."""
+    strong recurrent weights: many Newton iterations."""
     k1, k2 = jr.split(key)
     dyn = rn.CTRNN(n, 2, gain=gain, key=k1)
     return rn.Model(dyn, rn.Euler(dt=1.0), rn.Linear(n, 2, key=k2))
+
+
+def _chaotic():
+    """The mean-field map `h_t = W tanh(h_{t-1}) + U x_t`, `W ~ N(0, 9/n)`, n = 6,
+    and weak inputs: a positive largest Lyapunov exponent (+0.11 per step over
+    these 64 steps; small networks are chaotic for some draws only)."""
+    k1, k2 = jr.split(jr.PRNGKey(0))
+    dyn = rn.CTRNN(6, 2, key=k1)
+    W = 3.0 * jr.normal(k2, (6, 6)) / jnp.sqrt(6.0)
+    dyn = eqx.tree_at(lambda d: (d.W, d.b), dyn, (W, jnp.zeros(6)))
+    return rn.Model(dyn, rn.Euler(dt=1.0)), 0.1 * jr.normal(jr.PRNGKey(3), (64, 2))
 
 
 # ---------------------------------------------------------------------------------
@@ -118,12 +129,9 @@ def test_trajectory_and_gradient(getkey, name):
 
 def test_batch_and_quasi_gradient(getkey):
     """A batch (by `vmap`), a learnt initial state (the zoo's GRU), and the quasi
-    adjoint iteration with the closed-form diagonal (GRU) and the generic one
-    (RK4)."""
+    adjoint iteration with the closed-form diagonal."""
     xs, ys = jr.normal(getkey(), (T, 2, 2)), jr.normal(getkey(), (T, 2, 2))
     _check(zoo_model("gru", getkey()), xs, ys, [rn.DEER(), rn.DEER(quasi=True)])
-    model = zoo_model("ctrnn_rk4", getkey())
-    _check(model, xs[:, 0], ys[:, 0], [rn.DEER(quasi=True)])
 
 
 def test_h0_and_input_gradients(getkey):
@@ -136,8 +144,11 @@ def test_h0_and_input_gradients(getkey):
         f = lambda h0, xs: rn.sequence_loss(model, xs, ys, gradient=gradient, h0=h0)
         return jax.jit(jax.grad(f, argnums=(0, 1)))(h0, xs)
 
-    for a, b in zip(grads(rn.DEER()), grads(rn.Autodiff()), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    ref = grads(rn.Autodiff())
+    # quasi: the diagonal by `jacfwd` (no closed form for RK4)
+    for method in (rn.DEER(), rn.DEER(quasi=True)):
+        for a, b in zip(grads(method), ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------
@@ -145,21 +156,21 @@ def test_h0_and_input_gradients(getkey):
 # most T iterations even for chaotic dynamics.
 
 
-def test_newton_converges_quadratically_and_quasi_does_not(getkey):
-    model = _chaotic(getkey(), gain=1.5)
+def test_newton_converges_quadratically_and_damped_does_not(getkey):
+    model = _strong(getkey(), gain=1.5)
     xs = jr.normal(getkey(), (T, 2))
     newton = rn.parallel_rollout(model, xs, rn.DEER()).residuals
-    quasi = rn.parallel_rollout(model, xs, rn.DEER(quasi=True)).residuals
+    damped = rn.parallel_rollout(model, xs, rn.DEER(damping=0.5)).residuals
 
     def ratios(r):  # r_{k+1} / r_k² where both lie in the asymptotic range
         r = np.asarray(r)
         r = r[np.isfinite(r)]
-        keep = (r[:-1] < 1e-1) & (r[1:] > 1e-13)
+        keep = (r[:-1] < 0.2) & (r[1:] > 1e-13)
         return r[1:][keep] / r[:-1][keep] ** 2
 
     q = ratios(newton)
     assert q.size >= 2 and q.max() < 10.0, q  # |r_{k+1}| ≤ C |r_k|², C = O(1)
-    assert ratios(quasi).max() > 100.0  # linear convergence: no such bound
+    assert ratios(damped).max() > 100.0  # linear convergence: no such bound
 
 
 def test_every_variant_reaches_the_same_trajectory(getkey):
@@ -182,9 +193,8 @@ def test_every_variant_reaches_the_same_trajectory(getkey):
     assert int(solve(methods)[2].num_steps) <= T
 
 
-def test_chaotic_network_converges_within_T(getkey):
-    model = _chaotic(getkey(), gain=3.0)
-    xs = jr.normal(getkey(), (T, 2))
+def test_chaotic_network_converges_within_T():
+    model, xs = _chaotic()
     sol = rn.parallel_rollout(model, xs, rn.DEER())
     assert sol.result == rn.RESULTS.successful
     assert int(sol.num_steps) <= T
@@ -196,7 +206,7 @@ def test_chaotic_network_converges_within_T(getkey):
 
 
 def test_non_convergence_is_reported_and_raises(getkey):
-    model = _chaotic(getkey(), gain=3.0)
+    model = _strong(getkey(), gain=3.0)
     xs, ys = jr.normal(getkey(), (T, 2)), jr.normal(getkey(), (T, 2))
     sol = rn.parallel_rollout(model, xs, rn.DEER(max_steps=2))
     assert sol.result == rn.RESULTS.max_steps_reached
@@ -204,8 +214,6 @@ def test_non_convergence_is_reported_and_raises(getkey):
     assert np.isnan(sol.residuals[3:]).all() and np.isfinite(sol.residuals[:3]).all()
     with pytest.raises(eqx.EquinoxRuntimeError, match="DEER: Newton on the traj"):
         rn.sequence_loss(model, xs, ys, gradient=rn.DEER(max_steps=2))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="ELK: Newton"):
-        rn.sequence_loss(model, xs, ys, gradient=rn.ELK(max_steps=2))
     quiet = rn.DEER(max_steps=2, throw=False)
     assert np.isfinite(rn.sequence_loss(model, xs, ys, gradient=quiet))
 
@@ -233,8 +241,7 @@ def test_parallel_rollout_rejects_other_methods(getkey):
 
 def test_parallelisability_follows_the_lyapunov_exponent(getkey):
     stable = zoo_model("gru", getkey())
-    chaotic = _chaotic(getkey(), gain=3.0)
-    xs = jr.normal(getkey(), (64, 2))
+    chaotic, xs = _chaotic()
     p = rn.analysis.parallelisability(stable, xs, prefix=16)
     ref = rn.analysis.lyapunov_exponents(stable, xs, k=1).per_step[0]
     assert p.lyapunov == pytest.approx(float(ref), rel=1e-12) and p.lyapunov < 0

@@ -39,6 +39,8 @@ GRADIENTS = {
     "bptt": "BPTT",
     "rtrl": "RTRL",
     "implicit": "Implicit",
+    "deer": "DEER",
+    "elk": "ELK",
     "snap": "SnAp",
     "uoro": "UORO",
     "kf_rtrl": "KFRTRL",
