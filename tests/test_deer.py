@@ -178,9 +178,7 @@ def test_every_variant_reaches_the_same_trajectory(getkey):
     xs = jr.normal(getkey(), (T, 2))
     hs, _ = model.rollout(xs)
     methods = [
-        rn.DEER(damping=0.5),
-        rn.DEER(quasi=True, damping=0.3),
-        rn.DEER(damping=1.0),  # Jacobi / Picard
+        rn.DEER(damping=0.5),  # the damped form (also quasi: the benchmarks)
         rn.ELK(),
         rn.ELK(quasi=True, penalty=0.1, max_steps=200),
     ]
@@ -188,16 +186,13 @@ def test_every_variant_reaches_the_same_trajectory(getkey):
     for method, sol in zip(methods, solve(methods), strict=True):
         assert sol.result == rn.RESULTS.successful, method
         np.testing.assert_allclose(sol.value, hs, atol=1e-10, err_msg=repr(method))
-    # the exactness of DEER in any form: the first k states are exact after k
-    # iterations, so the Picard iteration converges within T
-    assert int(solve(methods)[2].num_steps) <= T
 
 
 def test_chaotic_network_converges_within_T():
     model, xs = _chaotic()
     sol = rn.parallel_rollout(model, xs, rn.DEER())
     assert sol.result == rn.RESULTS.successful
-    assert int(sol.num_steps) <= T
+    assert 1 < int(sol.num_steps) <= xs.shape[0]  # many, but at most T
     np.testing.assert_allclose(sol.value, model.rollout(xs)[0], atol=1e-10)
 
 
