@@ -28,7 +28,7 @@ from rnnode.train import (
     train,
     validate_config,
 )
-from rnnode.train._config import GRADIENTS as NEEDS
+from rnnode.train.config import GRADIENTS as NEEDS
 from rnnode.train._environment import _git_state, environment
 from rnnode.train._run import _fresh_dir
 from rnnode.train._steps import _TRACES

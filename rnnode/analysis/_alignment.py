@@ -17,14 +17,17 @@ from matplotlib.figure import Figure
 from .._losses import mse
 from .._model import Model
 from .._sequence import check_sequence, sequence_loss
-from ..gradients._base import AbstractGradient, Autodiff
-from ..gradients._bptt import BPTT
-from ..gradients._eprop import EProp
-from ..gradients._kf_rtrl import KFRTRL
-from ..gradients._rflo import RFLO
-from ..gradients._rtrl import RTRL
-from ..gradients._snap import SnAp
-from ..gradients._uoro import UORO
+from ..gradients import (
+    BPTT,
+    KFRTRL,
+    RFLO,
+    RTRL,
+    UORO,
+    AbstractGradient,
+    Autodiff,
+    EProp,
+    SnAp,
+)
 from ._common import new_figure, to_json
 
 ALL = "all"

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._integrate import Diffrax, _input_at
+from .._integrate import Diffrax, input_at
 from .._losses import mse
 from .._model import Model
 from .._step_inputs import step_at
@@ -588,7 +588,7 @@ def _diffrax_advance(plan, model, leaves, h, blocks, inp):
     def vf(s, y, args):
         del args
         r, P = y
-        x_s = _input_at(integ.interpolation, (s - t) / integ.dt, x, x_next)
+        x_s = input_at(integ.interpolation, (s - t) / integ.dt, x, x_next)
 
         def field(r, sub):
             return _rebuild(plan.treedef, leaves, idx, sub).dynamics(s, r, x_s)
