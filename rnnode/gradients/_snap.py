@@ -27,7 +27,8 @@ class SnAp(AbstractTraceGradient):
     approximation", ICLR).
 
     A weight `A_jl` of the pre-activation `z_j` reaches, in one step, the units `z_j`
-    drives (unit `j`; for an LSTM `h_j` and `C_j`), and in two steps every unit
+    drives (unit `j`; for an LSTM the pair `h_j`, `C_j`, kept together for
+    every gate, the output gate's too), and in two steps every unit
     those connect to. SnAp-n keeps `P_t = ∂h_t/∂θ` only on the units `n` steps
     reach and drops the rest after every step:
 
