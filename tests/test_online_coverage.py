@@ -123,8 +123,8 @@ def reference(model, xs, ys, mask, local, F):
         x, y = xy
         J = jax.jacfwd(lambda h: step(model, h, x))(h)
         J = J - local * _recurrent_share(model, h, x, step)
-        I = jax.jacfwd(lambda th: step(with_theta(th), h, x))(theta0)
-        P = (J @ P + I) * mask
+        imm = jax.jacfwd(lambda th: step(with_theta(th), h, x))(theta0)
+        P = (J @ P + imm) * mask
         h = step(model, h, x)
         o = model.output(h)
         dl_do = jax.grad(lambda o: rn.mse(o, y))(o)
@@ -153,16 +153,16 @@ def snap_mask(model, order, key):
         m = eqx.tree_at(lambda m: m.dynamics, model, eqx.combine(unravel(theta), dyn_s))
         return m.step(h, 0.0, x, x)
 
-    I = np.abs(np.asarray(jax.jacfwd(step)(theta0, h))) > 0
+    imm = np.abs(np.asarray(jax.jacfwd(step)(theta0, h))) > 0
     if isinstance(model.dynamics, rn.LSTM):
         # SnAp's unit is the pair (h_j, C_j): a parameter that reaches either
         # coordinate keeps both (the o gate reaches h_j only, yet keeps C_j)
         unit = np.arange(model.state_size) % model.dynamics.hidden_size
-        I = np.stack([I[unit == u].any(0) for u in unit])
+        imm = np.stack([imm[unit == u].any(0) for u in unit])
     if order == 1:
-        return I.astype(float)
+        return imm.astype(float)
     J = np.abs(np.asarray(jax.jacfwd(step, argnums=1)(theta0, h))) > 0
-    return ((J.astype(float) @ I) + I > 0).astype(float)
+    return ((J.astype(float) @ imm) + imm > 0).astype(float)
 
 
 def feedback_matrix(model, seed):
