@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import rnnode as rn
-from rnnode._linear_scan import scan_depth
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,6 +46,11 @@ def make_model(cell: str, n: int, key) -> rn.Model:
     if cell == "gru":
         return rn.Model(rn.GRU(n, 1, key=k1), None, rn.Linear(n, 1, key=k2))
     return rn.Model(rn.CTRNN(n, 1, key=k1), rn.Euler(dt=0.1), rn.Linear(n, 1, key=k2))
+
+
+def scan_depth(T: int) -> int:
+    """The combine levels of one parallel scan of length `T`: `⌈log₂ T⌉`."""
+    return max(1, (T - 1).bit_length())
 
 
 def compiled(f, model, xs):

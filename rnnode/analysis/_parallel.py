@@ -9,8 +9,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._linear_scan import scan_depth
 from .._model import Model
-from ..gradients._deer import DEER
-from ..gradients._newton import AbstractNewtonTrajectory, parallel_rollout
+from ..gradients import DEER, AbstractNewtonTrajectory, parallel_rollout
 from ._lyapunov import lyapunov_exponents
 
 
