@@ -35,7 +35,7 @@ class ELK(AbstractNewtonTrajectory):
 
     | form | work per iteration | memory |
     |---|---|---|
-    | `ELK()` | `T n³` (a solve and matrix products per combine, ~3× DEER's) | `T n²` |
+    | `ELK()` | `T n³` (a solve and about six matrix products per combine, against one for DEER; not benchmarked) | `T n²` |
     | `ELK(quasi=True)` | `T n` + the diagonal Jacobians (as `DEER(quasi=True)`) | `T n` |
 
     The gradient is that of `DEER` (it does not depend on how the solution was
