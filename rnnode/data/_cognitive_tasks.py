@@ -13,8 +13,8 @@ from ._cognitive import (
     Layout,
     choice_metrics,
     choice_slopes,
-    coherences,
     cognitive_options,
+    coherences,
     labels,
     responses,
     ring_angles,
@@ -171,7 +171,10 @@ def context(o: ContextOptions, *, seed: int) -> Task:
         coh = rng.choice(np.asarray(o.cohs), (2, n))
         dirs = np.where(ctx == 0, [truth, other], [other, truth])
         signed = np.where(dirs == 0, coh, -coh)
-        streams = [stimulus(o.coding, ring_angles(2)[d], c) for d, c in zip(dirs, coh)]
+        streams = [
+            stimulus(o.coding, ring_angles(2)[d], c)
+            for d, c in zip(dirs, coh, strict=True)
+        ]
         ch = streams[0].shape[1]
         xs = np.zeros((T, n, 1 + 2 * ch + 2))
         xs[..., 0] = lay.before("decision")
