@@ -85,15 +85,16 @@ class LayerLocalRTRL(AbstractOnlineGradient):
         weight: Float[ArrayLike, ""] = 1.0,
         x_next: Float[ArrayLike, " input"] | None = None,
         t: Float[ArrayLike, ""] | None = None,
+        noise_key: PRNGKeyArray | None = None,
     ) -> tuple[RTRLState, Float[Array, ""], PyTree]:
         """One online step: consume `x_t`, compare `model.output(h_t)` with `y_t`.
-        Same arguments as `RTRL.step` (`x_next` is unused: the LRU and the stack
-        are discrete cells).
+        Same arguments as `RTRL.step` (`x_next` and `noise_key` are unused: the
+        LRU and the stack are noise-free discrete cells).
 
         **Returns:** `(state, a_t l_t, grads)` with `grads` shaped like
         `eqx.filter(model, eqx.is_inexact_array)`, as `RTRL.step`.
         """
-        del x_next
+        del x_next, noise_key
         layers = _check(model)
         if not isinstance(state, RTRLState):
             raise ValueError(

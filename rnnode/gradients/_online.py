@@ -62,6 +62,7 @@ class AbstractOnlineGradient(AbstractGradient):
         weight: Float[ArrayLike, ""] = 1.0,
         x_next: Float[ArrayLike, " input"] | None = None,
         t: Float[ArrayLike, ""] | None = None,
+        noise_key: PRNGKeyArray | None = None,
     ) -> tuple[PyTree, Float[Array, ""], PyTree]:
         """Consume `x_t`, compare `model.output(h_t)` with `y_t`; return
         `(state, a_t l_t, a_t ĝ_t)`, the gradient shaped like
@@ -184,6 +185,7 @@ class AbstractTraceGradient(AbstractOnlineGradient):
         weight: Float[ArrayLike, ""] = 1.0,
         x_next: Float[ArrayLike, " input"] | None = None,
         t: Float[ArrayLike, ""] | None = None,
+        noise_key: PRNGKeyArray | None = None,
     ) -> tuple[OnlineState, Float[Array, ""], PyTree]:
         """One online step: consume `x_t`, compare `model.output(h_t)` with `y_t`,
         and return this step's gradient estimate.
@@ -196,6 +198,9 @@ class AbstractTraceGradient(AbstractOnlineGradient):
         - `weight`: the time weight `a_t` of this step.
         - `x_next`: the next input (integrators that interpolate); default `x_t`.
         - `t`: the time of `x_t`; default `state.t`.
+        - `noise_key`: the key of this step's private noise (noisy dynamics;
+          `None`: noise-free). `jax.random.fold_in(key, i)` at step `i` gives
+          the realisation that `sequence_loss(..., key=key)` uses.
 
         **Returns:** `(state, a_t l_t, a_t ĝ_t)`, the gradient shaped like
         `eqx.filter(model, eqx.is_inexact_array)`. With fixed weights (and the same
@@ -233,7 +238,7 @@ class AbstractTraceGradient(AbstractOnlineGradient):
             state.h,
             state.trace,
             state.key,
-            (t, x_t, x_next),
+            (t, x_t, x_next, noise_key),
             y_t,
             jnp.asarray(weight, dtype=state.h.dtype),
         )

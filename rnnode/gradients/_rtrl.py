@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from .._dynamics import is_noisy
 from .._integrate import Diffrax, _input_at
 from .._losses import mse
 from .._model import Model
@@ -197,6 +198,7 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
         weight: Float[ArrayLike, ""] = 1.0,
         x_next: Float[ArrayLike, " input"] | None = None,
         t: Float[ArrayLike, ""] | None = None,
+        noise_key: PRNGKeyArray | None = None,
     ) -> tuple[RTRLState, Float[Array, ""], PyTree]:
         """One step of real-time recurrent learning: consume `x_t`, compare
         `model.output(h_t)` with `y_t`, and return this step's gradient, so that
@@ -211,6 +213,9 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
         - `x_next`: the next input, used by integrators that interpolate the input
           linearly; default `x_t`.
         - `t`: the time of `x_t`; default `state.t`.
+        - `noise_key`: the key of this step's private noise (noisy dynamics;
+          `None`: noise-free). `jax.random.fold_in(key, i)` at step `i` gives
+          the realisation that `sequence_loss(..., key=key)` uses.
 
         **Returns:** `(state, a_t l_t, grads)` with `grads = a_t dl_t/dθ` shaped like
         `eqx.filter(model, eqx.is_inexact_array)`. With fixed weights, summing the
@@ -262,7 +267,7 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
             leaves,
             state.h,
             [all_blocks[i] for i in tracked],
-            (t, x_t, x_next),
+            (t, x_t, x_next, noise_key),
         )
         direct = [i for i, v in enumerate(leaves) if eqx.is_inexact_array(v)]
 
@@ -279,7 +284,7 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
         for i, P in zip(tracked, blocks, strict=True):
             grads[i] = grads[i] + jnp.tensordot(dh, P, axes=1)
             new_blocks[i] = P
-        grads = _mask_sparse(model, paths, grads)
+        grads = _mask_sparse(model, paths, grads, method)
         grads = [None if g is None else weight * g for g in grads]
         new_state = RTRLState(
             h=h,
@@ -414,7 +419,7 @@ def _rtrl_loss_fwd(perturbed, vjp_arg, step, loss, strategy):
             g_h0 = g
         else:
             grads[i] = grads[i] + g
-    grads = _mask_sparse(params, paths, grads)
+    grads = _mask_sparse(params, paths, grads, plan.method)
     return total, (jax.tree_util.tree_unflatten(treedef, grads), g_h0)
 
 
@@ -579,9 +584,10 @@ def _advance(plan, step, params, leaves, h, blocks, inp):
 
 def _diffrax_advance(plan, model, leaves, h, blocks, inp):
     """Integrate `(r, P)` over one interval with the model's diffrax solver:
-    `dr/dt = F(t, r, x(t))`, `dP/dt = (∂F/∂r) P + ∂F/∂θ`."""
+    `dr/dt = F(t, r, x(t))`, `dP/dt = (∂F/∂r) P + ∂F/∂θ` (noise-free dynamics;
+    noisy ones take the generic path, through the SDE solve)."""
     integ = model.integrator
-    t, x, x_next = inp
+    t, x, x_next = inp[:3]
     idx = [i for i in plan.tracked if i is not None and _in_dynamics(plan.paths[i])]
     eye = jnp.eye(h.shape[0], dtype=h.dtype)
 
@@ -633,7 +639,9 @@ def _method(structured, params) -> str:
                 "integrator (it integrates the sensitivity ODE); use "
                 "`RTRL(structured='auto')`"
             )
-        return "diffrax"
+        # the sensitivity ODE is not the SDE's: a noisy field goes through the
+        # VJPs of its (stochastic) step instead
+        return "generic" if is_noisy(params.dynamics) else "diffrax"
     if structured is False:
         return "generic"
     if is_diagonal(params) and not params.learn_initial_state:
@@ -655,11 +663,13 @@ def _method(structured, params) -> str:
     return "generic"
 
 
-def _mask_sparse(params, paths, grads):
-    """Zero the gradient of a sparse `W` off its mask: the structured immediate
-    Jacobian carries sensitivities of the missing connections too (harmless,
-    since they never feed `J`), and here they are dropped."""
-    if not isinstance(params, Model):
+def _mask_sparse(params, paths, grads, method):
+    """The structured path's gradient of `W` back to the stored `W`: zeroed off
+    a sparse `W`'s mask (the structured immediate Jacobian carries sensitivities
+    of the missing connections too, harmless since they never feed `J`) and
+    through Dale's law (its sensitivities are those of the weights the
+    dynamics use). The other paths differentiate the stored `W` directly."""
+    if not isinstance(params, Model) or method != "structured":
         return grads
     return [
         g

@@ -215,9 +215,8 @@ def unit_gradient(params, traces, layouts, dh):
 
 def eligibility_advance(step, params, h, traces, inp):
     """One step of RFLO / e-prop traces: SnAp-1 with the local Jacobian."""
-    t, x, x_next = inp
-    J, imm = structured_jacobians(params, h, t, x, x_next)
-    J = local_jacobian(params, J, h, x)
+    J, imm = structured_jacobians(params, h, *inp)
+    J = local_jacobian(params, J, h, inp[1])
     traces, patterns = advance_unit_traces(params, J, imm, traces, 1)
     return step(params, h, inp), traces, patterns
 
