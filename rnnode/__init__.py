@@ -8,9 +8,11 @@ from ._dynamics import (
     CTRNN as CTRNN,
     AbstractCell as AbstractCell,
     AbstractDynamics as AbstractDynamics,
+    AbstractNoisyField as AbstractNoisyField,
     AbstractVectorField as AbstractVectorField,
     DampedOscillator as DampedOscillator,
     LinearExample as LinearExample,
+    recurrent_weights as recurrent_weights,
 )
 from ._integrate import (
     RK4 as RK4,

@@ -180,9 +180,11 @@ class Diffrax(AbstractIntegrator):
                 return lx.DiagonalLinearOperator(g)
 
             inner = self.dt if dt0 is None else dt0
+            # a little past t + dt: a solver's last stage may land a rounding
+            # error beyond it (the increments are the same Brownian motion's)
             path = diffrax.VirtualBrownianTree(
                 t,
-                t + self.dt,
+                t + self.dt * (1 + 1e-6),
                 tol=inner / 16,
                 shape=y.shape,
                 key=key,

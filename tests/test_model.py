@@ -121,13 +121,18 @@ def test_sequence_inputs_equal_step_inputs(key, name):
     xs = jr.normal(jr.fold_in(key, 3), (7, 2))
     arrays = model.step_inputs(xs, 0.3)
     lazy = model.sequence_inputs(xs, 0.3)
-    assert lazy.length() == 7
+    assert lazy.length() == 7 and arrays[3] is None  # no key: noise-free
+    noisy = model.step_inputs(xs, 0.3, key), model.sequence_inputs(xs, 0.3, key)
     at = jax.jit(lambda i: lazy.at(i))
     for i in range(7):
-        t, x, x_next = at(i)
+        t, x, x_next, k = at(i)
+        assert k is None
         np.testing.assert_allclose(t, arrays[0][i], rtol=1e-15)
         np.testing.assert_array_equal(x, arrays[1][i])
         np.testing.assert_array_equal(x_next, arrays[2][i])
+        # the noise key of step i: fold_in(key, i), the same both ways
+        np.testing.assert_array_equal(noisy[1].at(i)[3], noisy[0][3][i])
+        np.testing.assert_array_equal(noisy[0][3][i], jr.fold_in(key, i))
     np.testing.assert_array_equal(at(6)[2], xs[6])  # the last x_next is x_{T-1}
     np.testing.assert_allclose(arrays[0][3], 0.3 + 3 * model.dt, rtol=1e-15)
 
