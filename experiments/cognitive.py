@@ -70,7 +70,10 @@ def build_model(task, hidden: int, noise: float, key) -> rn.Model:
     return rn.Model(dyn, rn.Euler(task.dt), readout)
 
 
-def train(task, model, *, steps: int, batch: int, lr: float, seed: int, log):
+GRADIENTS = {"bptt": rn.BPTT, "rflo": rn.RFLO, "eprop": rn.EProp}
+
+
+def train(task, model, *, steps, batch, lr, seed, log, gradient="bptt"):
     split = task.train
     xs = jnp.asarray(split.xs, jnp.float32)
     ys = jnp.asarray(split.ys)
@@ -97,7 +100,7 @@ def train(task, model, *, steps: int, batch: int, lr: float, seed: int, log):
                 ys[:, idx],
                 loss=rn.cross_entropy,
                 weights=ws[:, idx],
-                gradient=rn.BPTT(),
+                gradient=GRADIENTS[gradient](),
                 key=kn,  # a fresh realisation of the private noise per batch
             )
 
@@ -173,6 +176,13 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--gradient",
+        choices=sorted(GRADIENTS),
+        default="bptt",
+        help="bptt (exact); rflo / eprop: their approximate gradients summed "
+        "over each sequence (the online rules, updated once a batch)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     a = p.parse_args(argv)
     task = make_task(a.task, TASKS[a.task], seed=a.seed)
@@ -185,6 +195,7 @@ def main(argv=None) -> int:
         lr=a.lr,
         seed=a.seed,
         log=lambda s: print(s, flush=True),
+        gradient=a.gradient,
     )
     metrics, outs = evaluate(task, model, a.seed)
     (a.out / "results").mkdir(parents=True, exist_ok=True)
@@ -198,14 +209,16 @@ def main(argv=None) -> int:
         "batch": a.batch,
         "lr": a.lr,
         "seed": a.seed,
+        "gradient": a.gradient,
         "train_seconds": round(seconds, 1),
         "machine": "shared 2-core CPU, loaded",
         "test": metrics,
     }
-    (a.out / "results" / f"cognitive_{a.task}.json").write_text(
+    name = a.task if a.gradient == "bptt" else f"{a.task}_{a.gradient}"
+    (a.out / "results" / f"cognitive_{name}.json").write_text(
         json.dumps(result, indent=2) + "\n"
     )
-    figure(task, outs, a.out / f"cognitive_{a.task}.png")
+    figure(task, outs, a.out / f"cognitive_{name}.png")
     print(json.dumps(metrics["noisy"], indent=1))
     return 0
 
