@@ -48,6 +48,32 @@ TASKS = {
         "num_train": 4096,
         "num_test": 2048,
     },
+    "delay_match": {
+        "timing": {
+            "fixation": 100,
+            "sample": 300,
+            "delay": {"uniform": [200, 600]},
+            "test": 300,
+            "decision": 200,
+        },
+        "num_train": 4096,
+        "num_test": 2048,
+    },
+    "go_nogo": {
+        "timing": {"fixation": 0, "stimulus": 300, "delay": 300, "decision": 300},
+        "num_train": 2048,
+        "num_test": 1024,
+    },
+    "ready_set_go": {
+        "timing": {
+            "fixation": 100,
+            "ready": 80,
+            "measure": {"uniform": [400, 800]},
+            "set": 80,
+        },
+        "num_train": 4096,
+        "num_test": 1024,
+    },
 }
 
 
@@ -141,7 +167,19 @@ def figure(task, outs, path: Path):
     split = task.test
     c = split.conditions
     first = responses(outs, split)["choice"] == 1
-    if task.name == "decision":
+    if task.name not in ("decision", "context", "ready_set_go"):
+        return False
+    if task.name == "ready_set_go":
+        from rnnode.data import produced_intervals
+
+        fig, ax = plt.subplots(figsize=(4, 3.4))
+        target = c["target_ms"]
+        ax.plot(target, produced_intervals(outs, split), ".", alpha=0.3, color="k")
+        ax.plot([target.min(), target.max()], [target.min(), target.max()], "r--")
+        ax.set_xlabel("target interval (ms)")
+        ax.set_ylabel("produced interval (ms)")
+        ax.set_title("ready-set-go")
+    elif task.name == "decision":
         fig, ax = plt.subplots(figsize=(4, 3.2))
         x, p, _ = psychometric(c["signed_coherence"], first)
         ax.plot(x, p, "o-", color="k")
@@ -163,6 +201,7 @@ def figure(task, outs, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def main(argv=None) -> int:

@@ -47,9 +47,9 @@ class Dale:
         return self.n - self.excitatory
 
     def __eq__(self, other):
-        return (
-            isinstance(other, Dale)
-            and (self.n, self.excitatory) == (other.n, other.excitatory)
+        return isinstance(other, Dale) and (self.n, self.excitatory) == (
+            other.n,
+            other.excitatory,
         )
 
     def __hash__(self):

@@ -176,8 +176,8 @@ class Model(eqx.Module):
         T = xs.shape[0]
         ts = t0 + self.dt * jnp.arange(T, dtype=xs.dtype)
         xs_next = jnp.concatenate([xs[1:], xs[-1:]], axis=0)
-        keys = None if key is None else jax.vmap(lambda i: step_key(key, i))(
-            jnp.arange(T)
+        keys = (
+            None if key is None else jax.vmap(lambda i: step_key(key, i))(jnp.arange(T))
         )
         return ts, xs, xs_next, keys
 

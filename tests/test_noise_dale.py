@@ -195,10 +195,10 @@ def test_dale_initialisation(key):
     )
     W = np.asarray(rn.recurrent_weights(dyn))
     np.testing.assert_allclose(np.max(np.abs(np.linalg.eigvals(W))), 1.5, rtol=1e-6)
-    E, I = W[:, :80], W[:, 80:]
-    assert np.all(E >= 0) and np.all(I <= 0)
+    exc, inh = W[:, :80], W[:, 80:]
+    assert np.all(exc >= 0) and np.all(inh <= 0)
     # the expected row sums cancel: the mean total input is small against either
-    assert abs(W.sum(axis=1).mean()) < 0.2 * E.sum(axis=1).mean()
+    assert abs(W.sum(axis=1).mean()) < 0.2 * exc.sum(axis=1).mean()
     assert dyn.observe_size == 80 and dyn.observe(jnp.arange(100.0)).shape == (80,)
 
 
