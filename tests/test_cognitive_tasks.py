@@ -208,34 +208,96 @@ def test_zero_length_optional_periods():
     assert np.all(s.conditions["start_stimulus"] == 0)
 
 
+def _neurogym_trials(name, env, task, kwargs_of, fixation_after):
+    """Each noise-free trial of `task` rebuilt by NeuroGym's `env` from the
+    same conditions: the same periods, inputs and labels (NeuroGym's
+    `PerceptualDecisionMaking` and `ContextDecisionMaking` turn fixation off
+    after the fixation period; `fixation_after` says whether to compare it
+    there)."""
+    s = task.train
+    c = s.conditions
+    for i in range(s.num_sequences):
+        env.new_trial(**kwargs_of(c, i))
+        end = int(c["end"][i])
+        assert env.ob.shape[0] == end, name
+        for p in env.start_ind:
+            assert (env.start_ind[p], env.end_ind[p]) == (
+                int(c[f"start_{p}"][i]),
+                int(c[f"start_{p}"][i]) + env.end_ind[p] - env.start_ind[p],
+            ), (name, p)
+        ob = env.ob.astype(np.float64)
+        mine = s.xs[:end, i]
+        cols = slice(0, None) if fixation_after else slice(1, None)
+        np.testing.assert_allclose(mine[:, cols], ob[:, cols], atol=1e-6, err_msg=name)
+        a, b = env.start_ind["fixation"], env.end_ind["fixation"]
+        np.testing.assert_array_equal(mine[a:b, 0], ob[a:b, 0])
+        np.testing.assert_array_equal(s.ys[:end, i], env.gt, err_msg=name)
+
+
 def test_against_neurogym():
-    """NeuroGym's own trials of the same task: the same periods (in steps),
-    channels, stimulus means and labels."""
-    neurogym = pytest.importorskip("neurogym")
+    """NeuroGym's own trials of the same tasks, from the same conditions and
+    timing: the same periods (in steps), channels, inputs and labels."""
+    pytest.importorskip("neurogym")
+    from neurogym.envs.native.contextdecisionmaking import ContextDecisionMaking
+    from neurogym.envs.native.delaymatchsample import DelayMatchSample
+    from neurogym.envs.native.gonogo import GoNogo
     from neurogym.envs.native.perceptualdecisionmaking import (
         PerceptualDecisionMaking,
     )
 
-    dt = 20
-    env = PerceptualDecisionMaking(dt=dt, sigma=0.0)
+    dt, theta = 20, np.array([0.0, np.pi])
+    opts = {"sigma_in": 0.0, "num_train": 20, "num_test": 1, "dt": dt}
+    timing = {"fixation": 100, "stimulus": 400, "delay": 0, "decision": 100}
+    env = PerceptualDecisionMaking(dt=dt, sigma=0.0, timing=timing)
     env.reset(seed=0)
-    del neurogym
-    for _ in range(5):
-        trial = env.new_trial()
-        ob, gt = env.ob, env.gt
-        o = TASK_OPTIONS["decision"](sigma_in=0.0, num_train=1, num_test=1)
-        from rnnode.data._cognitive import Layout, stimulus
+    task = make_task("decision", {**opts, "timing": timing})
+    _neurogym_trials(
+        "decision",
+        env,
+        task,
+        lambda c, i: {
+            "ground_truth": int(c["ground_truth"][i]) - 1,
+            "coh": float(c["coherence"][i]),
+        },
+        fixation_after=False,
+    )
+    timing = {"fixation": 300, "stimulus": 400, "delay": 200, "decision": 100}
+    env = ContextDecisionMaking(dt=dt, sigma=0.0, use_expl_context=True, timing=timing)
+    env.reset(seed=0)
+    task = make_task("context", {**opts, "timing": timing, "coding": "ring"})
 
-        lay = Layout(o, 1, np.random.default_rng(0))
-        assert lay.end[0] == ob.shape[0]
-        for p in ("fixation", "stimulus", "decision"):
-            assert (lay.start[p][0], lay.stop[p][0]) == (
-                env.start_ind[p],
-                env.end_ind[p],
-            )
-        mean = stimulus("ring", [env.theta[trial["ground_truth"]]], [trial["coh"]])
-        a, b = env.start_ind["stimulus"], env.end_ind["stimulus"]
-        np.testing.assert_allclose(ob[a:b, 1:], np.broadcast_to(mean, (b - a, 2)))
-        assert np.all(ob[: env.end_ind["fixation"], 0] == 1)
-        a, b = env.start_ind["decision"], env.end_ind["decision"]
-        assert np.all(gt[a:b] == trial["ground_truth"] + 1) and np.all(gt[:a] == 0)
+    def context_kwargs(c, i):
+        k = int(c["context"][i]) - 1
+        other = c["coherence_2"][i] if k == 0 else c["coherence_1"][i]
+        return {
+            "ground_truth": int(c["ground_truth"][i]),
+            "other_choice": 1 if other > 0 else 2,
+            "context": k,
+            "coh_1": abs(float(c["coherence_1"][i])),
+            "coh_2": abs(float(c["coherence_2"][i])),
+        }
+
+    _neurogym_trials("context", env, task, context_kwargs, fixation_after=False)
+    env = GoNogo(dt=dt)
+    env.reset(seed=0)
+    task = make_task("go_nogo", opts)
+    _neurogym_trials(
+        "go_nogo",
+        env,
+        task,
+        lambda c, i: {"ground_truth": int(c["ground_truth"][i])},
+        fixation_after=True,
+    )
+    env = DelayMatchSample(dt=dt, sigma=0.0)
+    env.reset(seed=0)
+    task = make_task("delay_match", opts)
+    _neurogym_trials(
+        "delay_match",
+        env,
+        task,
+        lambda c, i: {
+            "ground_truth": int(c["ground_truth"][i]),
+            "sample_theta": theta[int(c["sample"][i]) - 1],
+        },
+        fixation_after=True,
+    )
