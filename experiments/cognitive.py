@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 import rnnode as rn
-from rnnode.data import make_task, psychometric, responses
+from rnnode.data import make_task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,52 +158,6 @@ def evaluate(task, model, seed: int):
     return out, noisy_outs
 
 
-def figure(task, outs, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    split = task.test
-    c = split.conditions
-    first = responses(outs, split)["choice"] == 1
-    if task.name not in ("decision", "context", "ready_set_go"):
-        return False
-    if task.name == "ready_set_go":
-        from rnnode.data import produced_intervals
-
-        fig, ax = plt.subplots(figsize=(4, 3.4))
-        target = c["target_ms"]
-        ax.plot(target, produced_intervals(outs, split), ".", alpha=0.3, color="k")
-        ax.plot([target.min(), target.max()], [target.min(), target.max()], "r--")
-        ax.set_xlabel("target interval (ms)")
-        ax.set_ylabel("produced interval (ms)")
-        ax.set_title("ready-set-go")
-    elif task.name == "decision":
-        fig, ax = plt.subplots(figsize=(4, 3.2))
-        x, p, _ = psychometric(c["signed_coherence"], first)
-        ax.plot(x, p, "o-", color="k")
-        ax.set_xlabel("signed coherence (%)")
-        ax.set_ylabel("P(choice 1)")
-        ax.set_title("decision: psychometric curve")
-    else:
-        fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.2), sharey=True)
-        for ax, which in zip(axes, ("relevant", "irrelevant"), strict=True):
-            for k, color in ((1, "tab:blue"), (2, "tab:orange")):
-                sel = c["context"] == k
-                x, p, _ = psychometric(c[f"{which}_coherence"][sel], first[sel])
-                ax.plot(x, p, "o-", color=color, label=f"context {k}")
-            ax.set_xlabel(f"{which} coherence (%)")
-            ax.set_ylim(-0.02, 1.02)
-        axes[0].set_ylabel("P(choice 1)")
-        axes[0].legend(frameon=False)
-        fig.suptitle("context: choices follow the relevant stream only")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -257,7 +211,7 @@ def main(argv=None) -> int:
     (a.out / "results" / f"cognitive_{name}.json").write_text(
         json.dumps(result, indent=2) + "\n"
     )
-    figure(task, outs, a.out / f"cognitive_{name}.png")
+    rn.train.plot_psychometric(a.out / f"cognitive_{name}.png", task, outs)
     print(json.dumps(metrics["noisy"], indent=1))
     return 0
 

@@ -21,6 +21,7 @@ from ._config import (
     load_config as load_config,
     validate_config as validate_config,
 )
+from ._plots import plot_psychometric as plot_psychometric
 from ._run import (
     StopTraining as StopTraining,
     TrainingDiverged as TrainingDiverged,

@@ -17,6 +17,7 @@ import optax
 
 import rnnode
 
+from .._dynamics import is_noisy
 from ._config import (
     CELLS,
     DIFFRAX_SOLVERS,
@@ -283,7 +284,8 @@ def build_equilibrium(cfg: Config) -> dict:
 
 
 def make_loss_fn(cfg: Config, task, gradient):
-    """`loss(model, xs, ys, weights) -> scalar` for a batch."""
+    """`loss(model, xs, ys, weights, key=None) -> scalar` for a batch; `key`
+    draws the private noise of a noisy model (a fresh one per batch)."""
     per_step = (
         rnnode.cross_entropy if loss_name(cfg, task) == "cross_entropy" else rnnode.mse
     )
@@ -299,14 +301,22 @@ def make_loss_fn(cfg: Config, task, gradient):
 
         eq = build_equilibrium(cfg)
 
-        def loss_fn(model, xs, ys, ws):
+        def loss_fn(model, xs, ys, ws, key=None):
+            del key  # equilibria are noise-free
             return eq_loss(model, xs[0], ys[0], loss=per_step, gradient=gradient, **eq)
 
     else:
 
-        def loss_fn(model, xs, ys, ws):
+        def loss_fn(model, xs, ys, ws, key=None):
+            # `key`: this batch's realisation of the private noise (noisy models)
             return rnnode.sequence_loss(
-                model, xs, ys, loss=per_step, weights=ws, gradient=gradient
+                model,
+                xs,
+                ys,
+                loss=per_step,
+                weights=ws,
+                gradient=gradient,
+                key=key if is_noisy(model.dynamics) else None,
             )
 
     return loss_fn

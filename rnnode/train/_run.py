@@ -612,6 +612,9 @@ def _write_plots(cfg, task, run_dir, records, hs, outs) -> dict:
                     title=f"{task.name}: phase portrait (test)",
                 )
                 files["phase"] = str(plots / "phase.png")
+        # a cognitive task's behaviour, from the noise-free test outputs
+        if _plots.plot_psychometric(plots / "psychometric.png", task, outs):
+            files["psychometric"] = str(plots / "psychometric.png")
     except Exception as e:  # noqa: BLE001 - a plot must not lose a finished run
         warnings.warn(f"plotting failed: {_one_line(e)}", stacklevel=2)
     return files

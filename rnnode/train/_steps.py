@@ -20,6 +20,7 @@ import optax
 
 import rnnode
 
+from .._dynamics import is_noisy
 from . import _sharding
 
 _TRACES = {"chunk": 0, "online": 0}
@@ -65,7 +66,8 @@ def make_chunk(static, opt, loss_fn, *, steps_per_call, batch_size, dtype, mesh)
         xb, yb, wb = sample(data, sub)
 
         def f(p):
-            return loss_fn(eqx.combine(p, static), xb, yb, wb)
+            # the batch's noise (noisy models only) from the batch's own key
+            return loss_fn(eqx.combine(p, static), xb, yb, wb, jr.fold_in(sub, 1))
 
         loss, grads = jax.value_and_grad(f)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -139,15 +141,23 @@ def make_online_chunk(
     def one_step(carry, data):
         params, opt_state, key, bad, stream, rstate, t = carry
         model = eqx.combine(params, static)
+        noisy = is_noisy(model.dynamics)
         xs, ys, ws = stream
         T = xs.shape[0]
         x_t, y_t, a_t = xs[t], ys[t], ws[t]
         x_next = xs[jnp.minimum(t + 1, T - 1)]
 
-        def one(s, x, xn, y, a):
-            return method.step(model, s, x, y, loss=per_step, weight=a, x_next=xn)
+        def one(s, x, xn, y, a, k):
+            return method.step(
+                model, s, x, y, loss=per_step, weight=a, x_next=xn, noise_key=k
+            )
 
-        new_rstate, ls, grads = jax.vmap(one)(rstate, x_t, x_next, y_t, a_t)
+        # this step's private noise, one key per stream (noisy models only)
+        noise = jr.split(jr.fold_in(key, 1), x_t.shape[0]) if noisy else None
+        k_axis = 0 if noisy else None
+        new_rstate, ls, grads = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, k_axis))(
+            rstate, x_t, x_next, y_t, a_t, noise
+        )
         # `grads` are a_t dl_t/dθ per stream: average over the streams, scaled by T
         # so that uniform weights a_t = 1/T give the plain per-step gradient
         grads = eqx.filter(grads, eqx.is_inexact_array)
