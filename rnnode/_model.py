@@ -170,15 +170,16 @@ class Model(eqx.Module):
         t0: float = 0.0,
         key: PRNGKeyArray | None = None,
     ) -> tuple:
-        """The per-step arguments `(t, x, x_next, k)` of `step` for a whole
-        sequence, as arrays of length `T` (`sequence_inputs` builds them one step
-        at a time); `k` are the steps' noise keys `fold_in(key, i)`, or `None`."""
+        """The per-step arguments `(t, x, x_next)` of `step` for a whole sequence,
+        as arrays of length `T` (`sequence_inputs` builds them one step at a
+        time); with a noise `key`, also the steps' keys `fold_in(key, i)`:
+        `(t, x, x_next, k)`."""
         T = xs.shape[0]
         ts = t0 + self.dt * jnp.arange(T, dtype=xs.dtype)
         xs_next = jnp.concatenate([xs[1:], xs[-1:]], axis=0)
-        keys = (
-            None if key is None else jax.vmap(lambda i: step_key(key, i))(jnp.arange(T))
-        )
+        if key is None:  # noise-free
+            return ts, xs, xs_next
+        keys = jax.vmap(lambda i: step_key(key, i))(jnp.arange(T))
         return ts, xs, xs_next, keys
 
     def sequence_inputs(
@@ -187,8 +188,9 @@ class Model(eqx.Module):
         t0: float = 0.0,
         key: PRNGKeyArray | None = None,
     ) -> SequenceInputs:
-        """The per-step arguments `(t, x, x_next, k)` of `step`, each built when
-        its step comes (`.at(i)`), from `xs` (and the noise `key`) alone."""
+        """The per-step arguments `(t, x, x_next)` of `step` (with a noise `key`,
+        `(t, x, x_next, k)`), each built when its step comes (`.at(i)`), from
+        `xs` (and `key`) alone."""
         return SequenceInputs(xs, t0, self.dt, key)
 
     def rollout(

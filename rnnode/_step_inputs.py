@@ -26,10 +26,10 @@ class AbstractStepInputs(eqx.Module):
 
 
 class SequenceInputs(AbstractStepInputs):
-    """The arguments `(t_i, x_i, x_{i+1}, k_i)` of `Model.step` for step `i` of an
-    input sequence `xs`, with `t_i = t0 + i dt`, `x_{T} = x_{T-1}` at the end
-    (`Model.sequence_inputs`), and `k_i = fold_in(key, i)` the key of step `i`'s
-    noise (`None` without a key: noise-free)."""
+    """The arguments `(t_i, x_i, x_{i+1})` of `Model.step` for step `i` of an
+    input sequence `xs`, with `t_i = t0 + i dt` and `x_{T} = x_{T-1}` at the end
+    (`Model.sequence_inputs`); with a noise `key`, also `k_i = fold_in(key, i)`,
+    the key of step `i`'s private noise: `(t_i, x_i, x_{i+1}, k_i)`."""
 
     xs: Float[Array, "time input"]
     t0: Float[ArrayLike, ""]
@@ -43,6 +43,8 @@ class SequenceInputs(AbstractStepInputs):
         T = self.xs.shape[0]
         t = self.t0 + self.dt * jnp.asarray(i, dtype=self.xs.dtype)
         x_next = self.xs[jnp.minimum(i + 1, T - 1)]
+        if self.key is None:  # noise-free: the three arguments alone
+            return t, self.xs[i], x_next
         return t, self.xs[i], x_next, step_key(self.key, i)
 
 
