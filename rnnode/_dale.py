@@ -85,8 +85,8 @@ def balanced_init(
     expected excitatory and inhibitory inputs cancel, zero off `mask`, and the
     whole matrix `|W̃| diag(s)` scaled to spectral radius `radius`.
 
-    The spectral radius is computed in NumPy: build the module outside
-    `jax.jit` / `jax.vmap`.
+    The spectral radius is computed in NumPy (in JAX, on the CPU backend, when
+    the module is built under a transformation).
     """
     n = dale.n
     W = jr.gamma(key, 2.0, (n, n)) / 2.0
@@ -95,12 +95,12 @@ def balanced_init(
         W = W * jnp.asarray(scale)[None, :]
     if mask is not None:
         W = jnp.where(mask, W, 0.0)
+    signs = jnp.asarray(dale.signs, W.dtype)[None, :]
     try:
-        eff = np.asarray(W) * dale.signs[None, :]
+        rho = float(np.max(np.abs(np.linalg.eigvals(np.asarray(W * signs)))))
     except jax.errors.TracerArrayConversionError:
-        raise ValueError(
-            "`excitatory=` sets the spectral radius of the initial weights when "
-            "the module is built; build it outside `jax.jit` / `jax.vmap`"
-        ) from None
-    rho = float(np.max(np.abs(np.linalg.eigvals(eff))))
+        # built under a transformation (e.g. `eqx.filter_eval_shape`): the same
+        # in JAX (its eigenvalues run on the CPU backend)
+        rho = jnp.max(jnp.abs(jnp.linalg.eigvals(W * signs)))
+        return W * jnp.where(rho > 0, radius / rho, 1.0).astype(W.dtype)
     return W * (radius / rho) if rho > 0 else W
