@@ -9,10 +9,15 @@ from ._dynamics import (
     AbstractCell as AbstractCell,
     AbstractDynamics as AbstractDynamics,
     AbstractNoisyField as AbstractNoisyField,
+    AbstractSequenceCell as AbstractSequenceCell,
     AbstractVectorField as AbstractVectorField,
     DampedOscillator as DampedOscillator,
     LinearExample as LinearExample,
     recurrent_weights as recurrent_weights,
+)
+from ._equilibrium import (
+    equilibrium as equilibrium,
+    equilibrium_loss as equilibrium_loss,
 )
 from ._integrate import (
     RK4 as RK4,
@@ -27,6 +32,7 @@ from ._iterative import (
     iterative_inverse as iterative_inverse,
     neumann_solve as neumann_solve,
 )
+from ._linear import Linear as Linear
 from ._losses import (
     cross_entropy as cross_entropy,
     integral_weights as integral_weights,
@@ -35,14 +41,23 @@ from ._losses import (
     mse as mse,
     uniform_weights as uniform_weights,
 )
-from ._lru import LRU as LRU, AbstractSequenceCell as AbstractSequenceCell
-from ._model import Linear as Linear, Model as Model
+from ._lru import LRU as LRU
+from ._model import Model as Model
 from ._nn_ode import NNODESolution as NNODESolution, solve_ode_nn as solve_ode_nn
 from ._sequence import sequence_loss as sequence_loss
 from ._stack import Stack as Stack
+from .analysis import (
+    adjoint_trajectory as adjoint_trajectory,
+    implicit_adjoint as implicit_adjoint,
+    spectral_radius_estimate as spectral_radius_estimate,
+)
 from .gradients import (
     BPTT as BPTT,
+    GRADIENT_VARIANTS as GRADIENT_VARIANTS,
+    GRADIENTS as GRADIENTS,
     KFRTRL as KFRTRL,
+    ONLINE_COVERAGE as ONLINE_COVERAGE,
+    ONLINE_GRADIENTS as ONLINE_GRADIENTS,
     RFLO as RFLO,
     RTRL as RTRL,
     UORO as UORO,
@@ -62,15 +77,19 @@ from .gradients import (
     Implicit as Implicit,
     LayerLocalRTRL as LayerLocalRTRL,
     OnlineState as OnlineState,
-    RTRLState as RTRLState,
+    Rows as Rows,
     SnAp as SnAp,
     Unrolled as Unrolled,
-    adjoint_trajectory as adjoint_trajectory,
-    equilibrium as equilibrium,
-    equilibrium_loss as equilibrium_loss,
+    check_cell as check_cell,
+    coverage_table as coverage_table,
+    dynamics_gradient as dynamics_gradient,
     fixed_point_map as fixed_point_map,
-    implicit_adjoint as implicit_adjoint,
-    spectral_radius_estimate as spectral_radius_estimate,
+    learning_signal as learning_signal,
+    local_jacobian as local_jacobian,
+    make_gradient as make_gradient,
+    step_keys as step_keys,
+    structured_jacobians as structured_jacobians,
+    unit_influence as unit_influence,
 )
 
 __version__ = importlib.metadata.version("rnnode")

@@ -78,7 +78,7 @@ class Heun(AbstractIntegrator):
 
     def step(self, field, t, y, x, x_next, key=None):
         h = self.dt
-        x1 = _input_at(self.interpolation, 1.0, x, x_next)
+        x1 = input_at(self.interpolation, 1.0, x, x_next)
         noise = step_noise(field, h, t, y, x, key)
         k1 = field(t, y, x)
         y1 = y + h * k1 if noise is None else y + h * k1 + noise
@@ -103,8 +103,8 @@ class RK4(AbstractIntegrator):
                 "or `Diffrax` with an SDE solver (e.g. `diffrax.ShARK()`)"
             )
         h = self.dt
-        xm = _input_at(self.interpolation, 0.5, x, x_next)
-        x1 = _input_at(self.interpolation, 1.0, x, x_next)
+        xm = input_at(self.interpolation, 0.5, x, x_next)
+        x1 = input_at(self.interpolation, 1.0, x, x_next)
         k1 = field(t, y, x)
         k2 = field(t + 0.5 * h, y + 0.5 * h * k1, xm)
         k3 = field(t + 0.5 * h, y + 0.5 * h * k2, xm)
@@ -157,7 +157,7 @@ class Diffrax(AbstractIntegrator):
         def vf(s, y, args):
             field, t0, x, x_next = args
             c = (s - t0) / dt
-            return field(s, y, _input_at(interpolation, c, x, x_next))
+            return field(s, y, input_at(interpolation, c, x, x_next))
 
         dt0 = self.dt0
         if dt0 is None and isinstance(
@@ -176,7 +176,7 @@ class Diffrax(AbstractIntegrator):
             def diffusion(s, y, args):
                 field, t0, x, x_next = args
                 c = (s - t0) / dt
-                g = _diffusion(field, s, y, _input_at(interpolation, c, x, x_next))
+                g = _diffusion(field, s, y, input_at(interpolation, c, x, x_next))
                 return lx.DiagonalLinearOperator(g)
 
             inner = self.dt if dt0 is None else dt0
@@ -253,7 +253,9 @@ _SDE_SOLVERS = (
 )
 
 
-def _input_at(interpolation, c, x, x_next):
+def input_at(interpolation, c, x, x_next):
+    """The input at the fraction `c` of a step from `x` to `x_next`: `x` when
+    held `constant`, the straight line between them when `linear`."""
     if interpolation == "constant":
         return x
     return x + c * (x_next - x)

@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 from ._losses import mse
 from ._model import Model, check_inputs
 from ._step_inputs import batch_keys
-from .gradients._base import (
+from .gradients import (
     AbstractBatchGradient,
     AbstractGradient,
     AbstractStepwiseGradient,

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
-import rnnode
-
-from .._dynamics import is_noisy
+from .._equilibrium import equilibrium
 from . import _sharding
+from ._build import step_loss
 
 _TRACES = {"chunk": 0, "online": 0}
 """How many times the training functions were traced (tests check it stays 1)."""
@@ -141,23 +140,16 @@ def make_online_chunk(
     def one_step(carry, data):
         params, opt_state, key, bad, stream, rstate, t = carry
         model = eqx.combine(params, static)
-        noisy = is_noisy(model.dynamics)
         xs, ys, ws = stream
         T = xs.shape[0]
         x_t, y_t, a_t = xs[t], ys[t], ws[t]
         x_next = xs[jnp.minimum(t + 1, T - 1)]
 
-        def one(s, x, xn, y, a, k):
-            return method.step(
-                model, s, x, y, loss=per_step, weight=a, x_next=xn, noise_key=k
-            )
+        def one(s, x, xn, y, a):
+            # a noisy model's private noise comes from each stream's online key
+            return method.step(model, s, x, y, loss=per_step, weight=a, x_next=xn)
 
-        # this step's private noise, one key per stream (noisy models only)
-        noise = jr.split(jr.fold_in(key, 1), x_t.shape[0]) if noisy else None
-        k_axis = 0 if noisy else None
-        new_rstate, ls, grads = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, k_axis))(
-            rstate, x_t, x_next, y_t, a_t, noise
-        )
+        new_rstate, ls, grads = jax.vmap(one)(rstate, x_t, x_next, y_t, a_t)
         # `grads` are a_t dl_t/dθ per stream: average over the streams, scaled by T
         # so that uniform weights a_t = 1/T give the plain per-step gradient
         grads = eqx.filter(grads, eqx.is_inexact_array)
@@ -212,7 +204,7 @@ def _rollout(model, xs, kind, eq=None):
     if kind == "equilibrium":
 
         def one(x):
-            h = rnnode.equilibrium(model, x, **(eq or {}))
+            h = equilibrium(model, x, **(eq or {}))
             return h, model.output(h)
 
         hs, outs = jax.vmap(one)(xs[0])
@@ -222,7 +214,7 @@ def _rollout(model, xs, kind, eq=None):
 
 
 def _loss_of(outputs, ys, ws, name):
-    per_step = rnnode.cross_entropy if name == "cross_entropy" else rnnode.mse
+    per_step = step_loss(name)
     ls = jax.vmap(jax.vmap(per_step))(outputs, ys)  # (T, N)
     w = ws if ws.ndim == 2 else ws[:, None]
     return jnp.mean(jnp.sum(w * ls, axis=0))
