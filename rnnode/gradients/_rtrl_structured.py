@@ -72,8 +72,14 @@ def mask_gradient(dynamics, name: str, g: Array) -> Array:
     if name != "W":
         return g
     g = chain(dynamics.W, getattr(dynamics, "dale", None), g)
+    return zero_off_mask(dynamics, name, g)
+
+
+def zero_off_mask(dynamics, name: str, g: Array) -> Array:
+    """`g`, the gradient of the stored field `name`, zeroed off the recurrent
+    mask if that field is a sparse `W` (idempotent, unlike `mask_gradient`)."""
     mask = recurrent_mask(dynamics)
-    if mask is None:
+    if mask is None or name != "W":
         return g
     return jnp.where(mask, g, jnp.zeros((), g.dtype))
 
