@@ -39,6 +39,10 @@ from ._lyapunov import (
     lyapunov_exponents as lyapunov_exponents,
     plot_lyapunov as plot_lyapunov,
 )
+from ._parallel import (
+    Parallelisability as Parallelisability,
+    parallelisability as parallelisability,
+)
 from ._run import (
     ANALYSES as ANALYSES,
     fixed_point_table as fixed_point_table,

@@ -31,6 +31,8 @@ class EvaluationFailed(RuntimeError):
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The validated config of a saved run (its `config.yaml`), with `out_dir` set
+    to `run_dir`. Raises `FileNotFoundError` if `run_dir` is not a run."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
