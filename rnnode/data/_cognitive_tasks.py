@@ -4,10 +4,19 @@ go/no-go and ready-set-go. The conventions (timing in ms, fixation channel 0,
 label 0 = fixate, ring or signed coding, input noise, cost mask) are those of
 `_cognitive.py`."""
 
+import functools
+
 import numpy as np
 from pydantic import Field
 
-from ._base import NonNegativeFloat, PositiveFloat, Split, Task, rngs
+from ._base import (
+    NonNegativeFloat,
+    PositiveFloat,
+    Split,
+    Task,
+    classification_metrics,
+    rngs,
+)
 from ._cognitive import (
     Coding,
     Layout,
@@ -514,6 +523,16 @@ def interval_metrics(outputs, split: Split) -> dict[str, float]:
     return m
 
 
+def _scored(metrics, num_classes, outputs, split) -> dict[str, float]:
+    """A task's own metrics over `classification_metrics` (the shape check, the
+    cross-entropy and its chance level; the per-step accuracy kept as
+    `step_accuracy`): `accuracy` is the task's (NeuroGym's), per trial."""
+    base = classification_metrics(outputs, split, num_classes=num_classes)
+    base["step_accuracy"] = base.pop("accuracy")
+    base.pop("chance_accuracy")
+    return {**base, **metrics(outputs, split)}
+
+
 def _task(name, o, train, test, *, outputs, metrics, info, rest=None) -> Task:
     # the input of the fixation period (fixation on, no stimulus): where the
     # network waits, the input that fixed-point analyses look at by default
@@ -528,7 +547,7 @@ def _task(name, o, train, test, *, outputs, metrics, info, rest=None) -> Task:
         loss="cross_entropy",
         kind="sequence",
         dt=o.dt,
-        metrics=metrics,
+        metrics=functools.partial(_scored, metrics, outputs),
         info={**info, "dt_ms": o.dt, "num_steps": o.steps(), "timing": o.timing},
         rest_input=rest,
     )
