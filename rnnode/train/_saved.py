@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import equinox as eqx
-import jax.numpy as jnp
 import numpy as np
 
 from . import _checkpoint as ckpt, _metrics as mt
@@ -16,12 +15,12 @@ from ._build import (
     prepare,
     run_dtype,
     split_arrays,
-    step_loss,
     x64_context,
 )
 from ._environment import environment
+from ._modes import training_for
 from ._run import _is_main, _params_report, _runtime_message
-from ._steps import _evaluate, make_online_chunk, states_key
+from ._steps import _evaluate
 from .config import Config, parse_yaml, read_config_text, validate_config
 
 
@@ -45,37 +44,18 @@ def _load_run(run_dir):
     cfg = load_run_config(run_dir)
     with x64_context(cfg):
         cfg, task, setup = prepare(cfg)
-        like = setup.state()
-        if cfg.train.online:
-            like = {**like, **_online_like(cfg, task, setup)}
-        loaded = ckpt.load_latest(run_dir, like)
+        # the checkpoint holds the training's extra state too (an online run's
+        # streams): its shapes come from starting that training afresh
+        train_data = split_arrays(cfg, task, task.train, setup.dtype)
+        _, extra = training_for(cfg, task, setup, None).start(
+            setup.params, setup.train_key, train_data
+        )
+        loaded = ckpt.load_latest(run_dir, {**setup.state(), **extra})
         if loaded is None:
             raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
         header, state = loaded
         model = setup.model_from(state["params"])
     return model, cfg, task, int(header["step"])
-
-
-def _online_like(cfg, task, setup):
-    dtype = setup.dtype
-    train_data = split_arrays(cfg, task, task.train, dtype)
-    per_step = step_loss(loss_name(cfg, task))
-    _, draw, init_states = make_online_chunk(
-        setup.static,
-        setup.optimiser,
-        setup.online,
-        per_step,
-        steps_per_call=1,
-        batch_size=cfg.train.batch_size,
-        dtype=dtype,
-        mesh=None,
-    )
-    stream = draw(train_data, setup.train_key)
-    return {
-        "stream": stream,
-        "rstate": init_states(setup.params, stream, states_key(setup.train_key)),
-        "t": jnp.asarray(0, jnp.int32),
-    }
 
 
 def load_run(run_dir: str | Path):
