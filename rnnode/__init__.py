@@ -51,7 +51,11 @@ from .analysis import (
 )
 from .gradients import (
     BPTT as BPTT,
+    GRADIENT_VARIANTS as GRADIENT_VARIANTS,
+    GRADIENTS as GRADIENTS,
     KFRTRL as KFRTRL,
+    ONLINE_COVERAGE as ONLINE_COVERAGE,
+    ONLINE_GRADIENTS as ONLINE_GRADIENTS,
     RFLO as RFLO,
     RTRL as RTRL,
     UORO as UORO,
@@ -71,10 +75,19 @@ from .gradients import (
     Implicit as Implicit,
     LayerLocalRTRL as LayerLocalRTRL,
     OnlineState as OnlineState,
-    RTRLState as RTRLState,
+    Rows as Rows,
     SnAp as SnAp,
     Unrolled as Unrolled,
+    check_cell as check_cell,
+    coverage_table as coverage_table,
+    dynamics_gradient as dynamics_gradient,
     fixed_point_map as fixed_point_map,
+    learning_signal as learning_signal,
+    local_jacobian as local_jacobian,
+    make_gradient as make_gradient,
+    step_keys as step_keys,
+    structured_jacobians as structured_jacobians,
+    unit_influence as unit_influence,
 )
 
 __version__ = importlib.metadata.version("rnnode")

@@ -18,15 +18,10 @@ from .._losses import mse
 from .._model import Model
 from .._sequence import check_sequence, sequence_loss
 from ..gradients import (
-    BPTT,
-    KFRTRL,
-    RFLO,
-    RTRL,
-    UORO,
+    GRADIENT_VARIANTS,
     AbstractGradient,
     Autodiff,
-    EProp,
-    SnAp,
+    make_gradient,
 )
 from ._common import new_figure, to_json
 
@@ -314,20 +309,9 @@ def alignment_methods() -> dict[str, AbstractGradient]:
     gradient: exact RTRL and BPTT (a check: cosine 1), truncated BPTT with 1 and
     10 steps, and the approximate online methods (SnAp-1, SnAp-2, UORO, KF-RTRL,
     RFLO with symmetric and with random feedback, e-prop; the stochastic ones
-    with their default seed)."""
-    return {
-        "RTRL": RTRL(),
-        "BPTT": BPTT(),
-        "BPTT(truncate=1)": BPTT(truncate=1),
-        "BPTT(truncate=10)": BPTT(truncate=10),
-        "SnAp-1": SnAp(order=1),
-        "SnAp-2": SnAp(order=2),
-        "UORO": UORO(),
-        "KF-RTRL": KFRTRL(),
-        "RFLO": RFLO(),
-        "RFLO(random)": RFLO(feedback="random"),
-        "e-prop": EProp(),
-    }
+    with their default seed): `rnnode.GRADIENT_VARIANTS`, the one table of
+    methods."""
+    return {name: make_gradient(name) for name in GRADIENT_VARIANTS}
 
 
 def method_name(method: AbstractGradient) -> str:
@@ -336,6 +320,8 @@ def method_name(method: AbstractGradient) -> str:
     options = []
     for field in dataclasses.fields(method):
         value = getattr(method, field.name)
+        if isinstance(value, jax.Array) and value.ndim == 0:
+            value = value.item()  # a seed, kept as data
         if not isinstance(value, (bool, int, float, str)) and value is not None:
             continue
         if field.default is not dataclasses.MISSING and value == field.default:

@@ -18,27 +18,13 @@ DYNAMICS = ("ctrnn", "linear", "oscillator", "elman", "lstm", "gru", "lru", "sta
 VECTOR_FIELDS = ("ctrnn", "linear", "oscillator")
 CELLS = ("elman", "lstm", "gru", "lru", "stack")
 LAYERS = ("lru", "gru", "lstm", "elman", "ctrnn")  # the cores a `stack` takes
-# gradient names → rnnode class names; a class's keyword arguments are the
+# gradient names → rnnode class names, from the one table of methods
+# (`rnnode.gradients.GRADIENTS`); a class's keyword arguments are the
 # `gradient:` section's options
-GRADIENTS = {
-    "autodiff": "Autodiff",
-    "bptt": "BPTT",
-    "rtrl": "RTRL",
-    "implicit": "Implicit",
-    "snap": "SnAp",
-    "uoro": "UORO",
-    "kf_rtrl": "KFRTRL",
-    "rflo": "RFLO",
-    "eprop": "EProp",
-    "layer_local": "LayerLocalRTRL",
-}
+GRADIENTS = {name: cls.__name__ for name, cls in _gradients.GRADIENTS.items()}
 # the methods with an online `init` / `step` (for `train.online: true`): the
-# subclasses of `AbstractOnlineGradient`, in the order of `GRADIENTS`
-ONLINE_GRADIENTS = tuple(
-    n
-    for n, c in GRADIENTS.items()
-    if issubclass(getattr(_gradients, c), _gradients.AbstractOnlineGradient)
-)
+# subclasses of `AbstractOnlineGradient`
+ONLINE_GRADIENTS = _gradients.ONLINE_GRADIENTS
 # the methods that differentiate an equilibrium (the rest differentiate a sequence)
 EQUILIBRIUM_GRADIENTS = ("autodiff", "implicit")
 DIFFRAX_SOLVERS = {
@@ -84,7 +70,7 @@ SEQUENCE_TASKS = {
 
 def gradient_class(name: str):
     """The rnnode class behind a gradient name, or None if not available."""
-    return getattr(_gradients, GRADIENTS[name], None)
+    return _gradients.GRADIENTS.get(name)
 
 
 def optimiser_signature(name: str) -> inspect.Signature:
