@@ -9,12 +9,20 @@ from ._alignment import (
     gradient_alignment as gradient_alignment,
     plot_alignment as plot_alignment,
 )
-from ._fixed_points import (
-    STABILITIES as STABILITIES,
-    FixedPoints as FixedPoints,
-    find_fixed_points as find_fixed_points,
+from ._fixed_point_plots import (
     leading_eigenvalues as leading_eigenvalues,
     plot_fixed_points as plot_fixed_points,
+)
+from ._fixed_point_result import (
+    FATES as FATES,
+    STABILITIES as STABILITIES,
+    Affine as Affine,
+    FixedPoints as FixedPoints,
+)
+from ._fixed_points import (
+    find_fixed_points as find_fixed_points,
+    linearisation as linearisation,
+    newton_polish as newton_polish,
 )
 from ._jacobians import (
     JacobianSpectrum as JacobianSpectrum,

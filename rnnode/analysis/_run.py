@@ -15,12 +15,9 @@ from .._losses import mse
 from .._model import Model, check_inputs
 from ._alignment import alignment_methods, gradient_alignment, plot_alignment
 from ._common import to_json
-from ._fixed_points import (
-    STABILITIES,
-    find_fixed_points,
-    leading_eigenvalues,
-    plot_fixed_points,
-)
+from ._fixed_point_plots import leading_eigenvalues, plot_fixed_points
+from ._fixed_point_result import STABILITIES
+from ._fixed_points import find_fixed_points
 from ._jacobians import (
     gradient_norm_vs_lag,
     jacobian_norm_vs_lag,
@@ -220,7 +217,10 @@ def _fixed_points(model, xs, key, *, x, tol, num_starts):
         "stability": list(fps.stability),
         "leading_eigenvalues": leading_eigenvalues(fps),
         "readouts": readouts,
-        "eigenvalues": fps.eigenvalues,
+        # a plain list when all are real (JSON readers need no complex type)
+        "eigenvalues": fps.eigenvalues
+        if np.any(fps.eigenvalues.imag)
+        else fps.eigenvalues.real,
     }, fig
 
 
