@@ -9,6 +9,13 @@ from ._alignment import (
     gradient_alignment as gradient_alignment,
     plot_alignment as plot_alignment,
 )
+from ._continuation import (
+    Bifurcation as Bifurcation,
+    Branch as Branch,
+    Continuation as Continuation,
+    continue_fixed_points as continue_fixed_points,
+    plot_bifurcation as plot_bifurcation,
+)
 from ._fixed_point_plots import (
     leading_eigenvalues as leading_eigenvalues,
     plot_fixed_points as plot_fixed_points,

@@ -72,11 +72,12 @@ def find_fixed_points(
     - `method`: `"optimise"`: Adam on `q` (at most `steps`, default 2000, with a
       learning rate decaying 100-fold) until the speed is below `√tol` or stops
       improving, then Newton to polish; `"newton"`: Newton from the starts
-      (at most `steps`, default 100). Newton's step solves `J d = -F` (exactly
-      for up to 128 state variables, else by 32 steps of GMRES), then a
-      backtracking search on `q` takes the best of 12 halvings, so `q` never
-      increases; where no Newton step decreases `q` (near a singular `J`), a
-      gradient step on `q` (Cauchy length) is tried instead.
+      (at most `steps`, default 200). The steps are Levenberg-Marquardt's
+      `d = -(JᵀJ + μI)⁻¹ JᵀF` with Nielsen's update of `μ` (a step is taken
+      only if `q` decreases): far from a root, short steps down the gradient of
+      `q`, so far saddles are reached as by gradient descent; near one,
+      Newton's step and its quadratic convergence. The linear solve is exact
+      for up to 128 state variables, else 32 steps of GMRES.
     - `tol`: the largest speed `‖F‖` kept, or a list of them: all points up to
       the largest are kept (slow points too), the search goes on to the
       smallest, and `FixedPoints.at_tol` selects. Default `max(1e-8, 100 ε)`
@@ -131,7 +132,7 @@ def find_fixed_points(
         adam = 2000 if steps is None else steps
         newton = newton_steps
     else:
-        adam, newton = 0, 100 if steps is None else steps
+        adam, newton = 0, 200 if steps is None else steps
     ends, speeds, iters = _search(
         model,
         xs,
@@ -315,9 +316,10 @@ def _adam(F, xs, R, iters, switch, steps, learning_rate):
 
 
 def _newton(F, xs, R, iters, tol, steps, dense):
-    alphas = 0.5 ** jnp.arange(12, dtype=R.dtype)
-
-    def one(r, x, active):
+    # Levenberg-Marquardt with Nielsen's damping update: d = -(JᵀJ + μI)⁻¹ JᵀF.
+    # Large μ: a short step down the gradient of q, as Adam takes (so the
+    # starts go where gradient descent on q goes); small μ: Newton's step.
+    def one(r, x, mu, nu, active):
         def f_of(r):
             return F(r, x)
 
@@ -325,47 +327,50 @@ def _newton(F, xs, R, iters, tol, steps, dense):
             v = 0.5 * jnp.sum(f_of(r) ** 2)
             return jnp.where(jnp.isfinite(v), v, jnp.inf)
 
-        f = f_of(r)
-        if dense:
-            d = jnp.linalg.solve(jax.jacfwd(f_of)(r), -f)
-        else:
-            d = _gmres(lambda v: jax.jvp(f_of, (r,), (v,))[1], -f)
-        d = jnp.where(jnp.all(jnp.isfinite(d)), d, jnp.zeros_like(d))
-        q0 = q(r)
-        qs = jax.vmap(q)(r[None] + alphas[:, None] * d[None])
-        best = jnp.argmin(qs)
-        newton_ok = qs[best] < q0
-        # Where Newton fails (J near singular), one gradient step on q.
-        _, vjp = jax.vjp(f_of, r)
+        f, vjp = jax.vjp(f_of, r)
         g = vjp(f)[0]
-        Jg = jax.jvp(f_of, (r,), (g,))[1]
-        cauchy = jnp.sum(g**2) / jnp.maximum(jnp.sum(Jg**2), jnp.finfo(r.dtype).tiny)
-        trials = r[None] - (cauchy * alphas)[:, None] * g[None]
-        qg = jax.vmap(q)(trials)
-        gbest = jnp.argmin(qg)
-        grad_ok = qg[gbest] < q0
-        r_new = jnp.where(
-            newton_ok, r + alphas[best] * d, jnp.where(grad_ok, trials[gbest], r)
-        )
-        moved = active & (newton_ok | grad_ok)
-        r_new = jnp.where(moved, r_new, r)
-        s = jnp.sqrt(2 * q(r_new))
-        return r_new, s, moved
+        if dense:
+            J = jax.jacfwd(f_of)(r)
+            A = J.T @ J
+            d = jnp.linalg.solve(A + mu * jnp.eye(r.shape[0], dtype=r.dtype), -g)
+        else:
+
+            def matvec(v):
+                return vjp(jax.jvp(f_of, (r,), (v,))[1])[0] + mu * v
+
+            d = _gmres(matvec, -g)
+        d = jnp.where(jnp.all(jnp.isfinite(d)), d, jnp.zeros_like(d))
+        q0, q1 = 0.5 * jnp.sum(f**2), q(r + d)
+        predicted = 0.5 * (d @ (mu * d - g))
+        rho = (q0 - q1) / jnp.maximum(predicted, jnp.finfo(r.dtype).tiny)
+        ok = active & (q1 < q0)
+        r = jnp.where(ok, r + d, r)
+        shrink = jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3)
+        mu = jnp.where(ok, mu * shrink, jnp.where(active, mu * nu, mu))
+        nu = jnp.where(ok, 2.0, jnp.where(active, 2 * nu, nu))
+        return r, jnp.sqrt(2 * jnp.where(ok, q1, q0)), mu, nu, ok
 
     def cond(c):
-        k, _, active, _ = c
+        k, _, _, _, active, _ = c
         return (k < steps) & jnp.any(active)
 
     def body(c):
-        k, R, active, iters = c
-        R, s, moved = jax.vmap(one)(R, xs, active)
+        k, R, mu, nu, active, iters = c
+        R, s, mu, nu, moved = jax.vmap(one)(R, xs, mu, nu, active)
         iters = iters + moved.astype(jnp.int32)
-        active = moved & (s > tol)
-        return k + 1, R, active, iters
+        active = active & (s > tol) & (mu < 1e20)
+        return k + 1, R, mu, nu, active, iters
 
-    s0 = jnp.linalg.norm(jax.vmap(F)(R, xs), axis=-1)
+    f0 = jax.vmap(F)(R, xs)
+    s0 = jnp.linalg.norm(f0, axis=-1)
+    # μ₀ = 10⁻³ max diag(JᵀJ), with max diag(JᵀJ) ≈ ‖J‖² ≥ (‖JᵀF‖ / ‖F‖)²
+    g0 = jax.vmap(lambda r, x, f: jax.vjp(lambda r: F(r, x), r)[1](f)[0])(R, xs, f0)
+    scale = jnp.sum(g0**2, axis=-1) / jnp.maximum(s0**2, jnp.finfo(R.dtype).tiny)
+    mu = 1e-3 * jnp.where(jnp.isfinite(scale) & (scale > 0), scale, 1.0)
+    nu = jnp.full_like(mu, 2.0)
     active = ~(s0 <= tol)
-    _, R, _, iters = jax.lax.while_loop(cond, body, (0, R, active, iters))
+    init = (0, R, mu, nu, active, iters)
+    _, R, _, _, _, iters = jax.lax.while_loop(cond, body, init)
     return R, iters
 
 
