@@ -166,6 +166,43 @@ def _parser() -> argparse.ArgumentParser:
         help="fixed_points: how many starts, drawn from the visited states plus "
         "noise (default 64)",
     )
+    a.add_argument(
+        "--tols",
+        metavar="T1,T2,…",
+        help="fixed_points, line_attractor: several largest speeds; points up to "
+        "the largest are kept (slow points), the search goes on to the smallest",
+    )
+    a.add_argument(
+        "--starts-from",
+        choices=("states", "noise"),
+        help="fixed_points: starts from the visited states plus noise (default) "
+        "or from noise around 0",
+    )
+    a.add_argument(
+        "--noise",
+        type=float,
+        metavar="STD",
+        help="fixed_points, line_attractor: the std of the noise added to the "
+        "starts (default 10%% of the states' std; 1 from noise)",
+    )
+    a.add_argument(
+        "--method",
+        choices=("optimise", "newton"),
+        help="fixed_points: Adam then Newton (default) or Levenberg-Marquardt",
+    )
+    a.add_argument(
+        "--per-context",
+        action="store_true",
+        help="fixed_points: search under each context's input (tasks with a "
+        "`context` condition, e.g. context), from that context's states",
+    )
+    a.add_argument(
+        "--selection",
+        metavar="I,J",
+        help="fixed_points, line_attractor: the stimulus inputs (0-based) on "
+        "which to project the slow mode's selection vector (default for the "
+        "context task: its two streams)",
+    )
 
     from .sweep._command import add_parser as add_sweep
 
@@ -350,6 +387,14 @@ def _cmd_analyse(args) -> int:
 
     model, cfg, task = load_run(run_dir)
     options = {}
+    if args.what in ("fixed_points", "line_attractor"):
+        extra, problem = _search_options(args, task)
+        if problem:
+            _err(problem)
+            return EXIT_CONFIG
+        options |= extra
+    if args.what == "line_attractor":
+        options["num_starts"] = args.starts
     if args.what == "fixed_points":
         x, source = _fixed_point_input(args.input, task)
         if len(x) != task.input_size:
@@ -358,7 +403,8 @@ def _cmd_analyse(args) -> int:
                 f"value(s) {args.input!r}; give {task.input_size} comma-separated numbers"
             )
             return EXIT_CONFIG
-        options = {"x": x, "tol": args.tol, "num_starts": args.starts}
+        options |= {"x": x, "num_starts": args.starts}
+        options["tol"] = options.get("tol") or args.tol
     with _x64_context(cfg):
         import jax.numpy as jnp
 
@@ -385,8 +431,14 @@ def _cmd_analyse(args) -> int:
     if args.what == "alignment":
         print(analysis.GradientAlignment.from_dict(result))
     elif args.what == "fixed_points":
-        print(f"{run_dir}: fixed points at input ({args.input or source})")
+        where = (
+            "per context" if args.per_context else f"at input ({args.input or source})"
+        )
+        print(f"{run_dir}: fixed points {where}")
         print(analysis.fixed_point_table(result))
+    elif args.what == "line_attractor":
+        print(f"{run_dir}: slow points per context")
+        print(analysis.line_attractor_table(result))
     else:
         from .train._metrics import to_json
 
@@ -397,18 +449,45 @@ def _cmd_analyse(args) -> int:
     return EXIT_OK
 
 
+_SEARCH_FLAGS = {
+    "input": ("fixed_points",),
+    "tol": ("fixed_points",),
+    "starts": ("fixed_points", "line_attractor"),
+    "tols": ("fixed_points", "line_attractor"),
+    "starts_from": ("fixed_points",),
+    "noise": ("fixed_points", "line_attractor"),
+    "method": ("fixed_points",),
+    "per_context": ("fixed_points",),
+    "selection": ("fixed_points", "line_attractor"),
+}
+
+
 def _fixed_point_flags_problem(args) -> str | None:
-    """What is wrong with `--input`, `--tol`, `--starts`, or `None`."""
-    given = [
-        f"--{name}"
-        for name in ("input", "tol", "starts")
-        if getattr(args, name) is not None
-    ]
-    if given and args.what != "fixed_points":
-        return (
-            f"{', '.join(given)}: only used by --what fixed_points, not {args.what}; "
-            "leave it out"
-        )
+    """What is wrong with the fixed-point flags, or `None`."""
+    for name, owners in _SEARCH_FLAGS.items():
+        value = getattr(args, name, None)
+        if value not in (None, False) and args.what not in owners:
+            flag = "--" + name.replace("_", "-")
+            return (
+                f"{flag}: only used by --what {' or '.join(owners)}, not "
+                f"{args.what}; leave it out"
+            )
+    if args.tol is not None and args.tols is not None:
+        return "--tols: give either --tol or --tols, not both"
+    if args.tols is not None:
+        try:
+            tols = [float(v) for v in args.tols.split(",")]
+        except ValueError:
+            return f"--tols: expected comma-separated numbers such as 1e-8,1e-6, got {args.tols!r}"
+        if not all(t > 0 and math.isfinite(t) for t in tols):
+            return f"--tols: each must be a finite number > 0, got {args.tols!r}"
+    if args.noise is not None and not (args.noise >= 0 and math.isfinite(args.noise)):
+        return f"--noise: must be a finite number >= 0, got {args.noise}"
+    if args.selection is not None:
+        try:
+            [int(v) for v in args.selection.split(",")]
+        except ValueError:
+            return f"--selection: expected comma-separated input indices such as 1,2, got {args.selection!r}"
     if args.tol is not None and not args.tol > 0:  # also NaN
         return f"--tol: must be > 0, got {args.tol}"
     if args.starts is not None and args.starts < 1:
@@ -424,6 +503,38 @@ def _fixed_point_flags_problem(args) -> str | None:
         if not all(math.isfinite(v) for v in values):
             return f"--input: the values must be finite, got {args.input!r}"
     return None
+
+
+def _search_options(args, task) -> tuple[dict, str | None]:
+    """The options of `run_analysis` for the fixed-point flags, or a problem."""
+    out = {"noise": args.noise, "method": args.method, "starts_from": args.starts_from}
+    if args.tols is not None:
+        out["tol"] = [float(v) for v in args.tols.split(",")]
+    if args.what == "line_attractor":
+        out.pop("starts_from")
+        out.pop("method")
+    if args.per_context or args.what == "line_attractor":
+        contexts = task.test.conditions.get("context")
+        if contexts is None:
+            flag = "--per-context" if args.per_context else "--what line_attractor"
+            return out, (
+                f"{flag}: task {task.name} has no `context` condition; use a task "
+                "with contexts (e.g. context)"
+            )
+        out["contexts"] = contexts[: args.sequences]
+    if args.selection is not None:
+        sel = [int(v) for v in args.selection.split(",")]
+        if not all(0 <= j < task.input_size for j in sel):
+            return out, (
+                f"--selection: input indices must be in [0, {task.input_size}), "
+                f"got {args.selection!r}"
+            )
+        out["stimulus"] = sel
+    elif args.what == "line_attractor":
+        if task.name != "context":
+            return out, "--selection: give the stimulus inputs, e.g. --selection 1,2"
+        out["stimulus"] = list(range(1, task.input_size - 2))  # the two streams
+    return out, None
 
 
 def _fixed_point_input(text: str | None, task) -> tuple[list[float], str]:

@@ -44,6 +44,11 @@ from ._jacobians import (
     plot_norm_vs_lag as plot_norm_vs_lag,
     step_jacobians as step_jacobians,
 )
+from ._line_attractor import (
+    LineAttractor as LineAttractor,
+    line_attractor as line_attractor,
+    plot_line_attractor as plot_line_attractor,
+)
 from ._lyapunov import (
     LyapunovSpectrum as LyapunovSpectrum,
     lyapunov_exponents as lyapunov_exponents,
@@ -52,5 +57,11 @@ from ._lyapunov import (
 from ._run import (
     ANALYSES as ANALYSES,
     fixed_point_table as fixed_point_table,
+    line_attractor_table as line_attractor_table,
     run_analysis as run_analysis,
+)
+from ._tracking import (
+    Tracks as Tracks,
+    plot_tracks as plot_tracks,
+    track_fixed_points as track_fixed_points,
 )

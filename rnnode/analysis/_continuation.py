@@ -130,7 +130,9 @@ def continue_fixed_points(
     max_step = length / 20 if max_step is None else max_step
     if fixed_points is None:
         if key is None:
-            raise ValueError("pass `key=` (to find the first points) or `fixed_points=`")
+            raise ValueError(
+                "pass `key=` (to find the first points) or `fixed_points=`"
+            )
         fixed_points = find_fixed_points(
             model, path[0], key=key, num_starts=num_starts, tol=tol
         )
@@ -232,7 +234,11 @@ class _Problem:
         self.n = model.state_size
 
     def u(self, s):
-        k = int(np.clip(np.searchsorted(self.knots, s, side="right") - 1, 0, len(self.knots) - 2))
+        k = int(
+            np.clip(
+                np.searchsorted(self.knots, s, side="right") - 1, 0, len(self.knots) - 2
+            )
+        )
         seg = self.knots[k + 1] - self.knots[k]
         du = (self.path[k + 1] - self.path[k]) / seg
         return self.path[k] + (s - self.knots[k]) * du, du

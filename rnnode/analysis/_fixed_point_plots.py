@@ -54,7 +54,11 @@ def plot_fixed_points(
         comps, var = vt[:dims], s[:dims] ** 2 / max(np.sum(s**2), 1e-300)
     if transform is not None:
         comps, mean = transform.components[:dims], transform.mean
-        var = np.zeros(dims) if transform.explained is None else transform.explained[:dims]
+        var = (
+            np.zeros(dims)
+            if transform.explained is None
+            else transform.explained[:dims]
+        )
     if comps.shape[0] < dims:  # fewer units than axes: plot against zero
         missing = dims - comps.shape[0]
         comps = np.concatenate([comps, np.zeros((missing, n))])
@@ -122,5 +126,3 @@ def plot_fixed_points(
     if fp.stability:
         ax.legend(loc="upper left", fontsize=8)
     return fig
-
-

@@ -70,8 +70,8 @@ def find_fixed_points(
     - `labels`: one label per start `(starts,)` (e.g. the context), carried to
       the points found from it; default all 0.
     - `method`: `"optimise"`: Adam on `q` (at most `steps`, default 2000, with a
-      learning rate decaying 100-fold) until the speed is below `√tol` or stops
-      improving, then Newton to polish; `"newton"`: Newton from the starts
+      learning rate decaying 100-fold) until the speed is below `√tol` (`tol`
+      when `newton_steps=0`) or stops improving, then Newton to polish; `"newton"`: Newton from the starts
       (at most `steps`, default 200). The steps are Levenberg-Marquardt's
       `d = -(JᵀJ + μI)⁻¹ JᵀF` with Nielsen's update of `μ` (a step is taken
       only if `q` decreases): far from a root, short steps down the gradient of
@@ -126,7 +126,7 @@ def find_fixed_points(
     if starts is None:
         if key is None:
             raise ValueError("pass `key=` to draw the starts (or pass `starts=`)")
-        starts = _draw_starts(key, states, S, n, noise, dtype)
+        starts = draw_starts(key, states, S, n, noise, dtype)
 
     if method == "optimise":
         adam = 2000 if steps is None else steps
@@ -138,7 +138,7 @@ def find_fixed_points(
         xs,
         starts,
         tol=tols[0],
-        switch=float(np.sqrt(tols[0])),
+        switch=float(np.sqrt(tols[0]) if newton else tols[0]),
         adam_steps=adam,
         newton_steps=newton,
         learning_rate=learning_rate,
@@ -248,7 +248,9 @@ def _tolerances(tol, dtype) -> list[float]:
     return sorted(float(t) for t in tols)
 
 
-def _draw_starts(key, states, S, n, noise, dtype):
+def draw_starts(key, states, S, n, noise, dtype):
+    """`S` starts: `states` `(..., n)` drawn with replacement plus `noise` (default
+    10% of their std), or `noise · N(0, I)` (default 1) without states."""
     skey, nkey = jr.split(key)
     if states is None:
         base = jnp.zeros((S, n), dtype=dtype)
@@ -263,9 +265,7 @@ def _draw_starts(key, states, S, n, noise, dtype):
 
 
 @eqx.filter_jit
-def _search(
-    model, xs, starts, *, tol, switch, adam_steps, newton_steps, learning_rate
-):
+def _search(model, xs, starts, *, tol, switch, adam_steps, newton_steps, learning_rate):
     F, _ = residual(model)
     S, n = starts.shape
 

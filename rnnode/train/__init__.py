@@ -29,5 +29,6 @@ from ._run import (
 from ._saved import (
     EvaluationFailed as EvaluationFailed,
     evaluate as evaluate,
+    load_checkpoints as load_checkpoints,
     load_run as load_run,
 )
