@@ -100,9 +100,7 @@ def fixed_point_finder(model, x, starts) -> dict:
             kept.append(int(i))
     centroid = starts.mean(axis=0)
     scale = np.mean(np.linalg.norm(starts - centroid, axis=1))
-    kept = [
-        i for i in kept if np.linalg.norm(H[i] - centroid) < OUTLIER_SCALE * scale
-    ]
+    kept = [i for i in kept if np.linalg.norm(H[i] - centroid) < OUTLIER_SCALE * scale]
     J = np.asarray(
         jax.vmap(jax.jacfwd(lambda h: model.step(h, 0.0, x, x)))(jnp.asarray(H[kept]))
     )

@@ -79,12 +79,20 @@ def test_folds_of_one_unit_by_continuation():
     assert len(cont.branches) == 1  # one S-shaped branch through both folds
     folds = sorted(cont.bifurcations, key=lambda b: b.input[0])
     assert [b.kind for b in folds] == ["fold", "fold"]
-    np.testing.assert_allclose([b.input[0] for b in folds], [-u_star, u_star], atol=1e-6)
-    np.testing.assert_allclose([b.point[0] for b in folds], [r_star, -r_star], atol=1e-6)
+    np.testing.assert_allclose(
+        [b.input[0] for b in folds], [-u_star, u_star], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        [b.point[0] for b in folds], [r_star, -r_star], atol=1e-6
+    )
     for b in folds:
         assert abs(b.eigenvalue) < 1e-5
     branch = cont.branches[0]
-    np.testing.assert_allclose(branch.points[:, 0], np.tanh(g * branch.points[:, 0] + branch.inputs[:, 0]), atol=1e-9)
+    np.testing.assert_allclose(
+        branch.points[:, 0],
+        np.tanh(g * branch.points[:, 0] + branch.inputs[:, 0]),
+        atol=1e-9,
+    )
     runs = [branch.stability[0]]
     for s in branch.stability[1:]:
         if s != runs[-1]:
@@ -125,7 +133,9 @@ def _built(**options):
     # dr/dt = -r (identity activation, W = 0): the speed of a point is its norm,
     # and with no steps the ends are the starts.
     cell = rn.CTRNN(2, 1, activation="identity", key=jr.PRNGKey(0))
-    cell = eqx.tree_at(lambda c: (c.W, c.U), cell, (jnp.zeros((2, 2)), jnp.zeros((2, 1))))
+    cell = eqx.tree_at(
+        lambda c: (c.W, c.U), cell, (jnp.zeros((2, 2)), jnp.zeros((2, 1)))
+    )
     starts = np.array(
         [
             [1.0, 0.0],
@@ -153,7 +163,15 @@ def _built(**options):
 
 def test_duplicates_outliers_and_tolerances():
     fps = _built(outlier_scale=None)
-    assert fps.fates == ("duplicate", "duplicate", "kept", "kept", "kept", "slow", "kept")
+    assert fps.fates == (
+        "duplicate",
+        "duplicate",
+        "kept",
+        "kept",
+        "kept",
+        "slow",
+        "kept",
+    )
     np.testing.assert_array_equal(fps.start_index, [6, 2, 3, 4])  # slowest first
     np.testing.assert_allclose(fps.speeds, [0.5, 1 - 2e-6, 1.5, 1.5 + 1e-6])
     assert len(fps.at_tol(1.0)) == 2 and fps.tols == (1.0, 2.0)

@@ -84,10 +84,12 @@ def run_analysis(
       states of its sequences, and each point carries its context; with
       `stimulus` (input indices) the record has each point's selection-vector
       projections on those inputs.
-    - `"line_attractor"`: per context (`contexts` needed), the slow points
+    - `"line_attractor"`: per context (default: one, all sequences), the slow points
       (`tol` default `(1e-4, 1e-3)`), the fraction of their variance on a line,
       their slow and next eigenvalues, and the selection vector's projections
-      on the `stimulus` inputs, relevant against irrelevant (`line_attractor`);
+      on the `stimulus` inputs (default: all), relevant (the `k`-th stimulus
+      input in the `k`-th context, labels sorted) against the others
+      (`line_attractor`);
       the figure in the style of Mante et al. (2013), Fig. 6.
     - `"alignment"`: the cosine and norm ratio of every gradient method that
       applies to the model against the exact gradient, per parameter array,
@@ -333,11 +335,12 @@ def _line_attractor(
     model, xs, key, *, tol, num_starts, noise, method, contexts, stimulus
 ):
     del method
-    if contexts is None or stimulus is None:
-        raise ValueError(
-            '`what="line_attractor"` needs `contexts=` (one label per sequence) '
-            "and `stimulus=` (the stimulus inputs' indices)"
-        )
+    if xs.ndim == 2:
+        xs = xs[:, None]
+    if contexts is None:  # one context: all the sequences
+        contexts = np.ones(xs.shape[1], dtype=int)
+    if stimulus is None:
+        stimulus = list(range(model.input_size))
     hs, _ = model.rollout(xs)
     per = _per_context(xs, hs, contexts)
     result = line_attractor(
