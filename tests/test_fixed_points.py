@@ -212,3 +212,58 @@ def test_save_load_select_join(tmp_path):
     assert "4 continuous fixed points" in fps.summary()
     proj = an.Affine(np.array([[1.0, 0.0]]), np.zeros(2))
     np.testing.assert_allclose(fps.project(proj)[:, 0], fps.points[:, 0])
+
+
+def test_run_analysis_per_context_and_line_attractor(getkey, tmp_path):
+    # The exact line attractor again, through `run_analysis`: two "contexts"
+    # with the same input; the selection vector's projections are left · U.
+    model, rho, left, lam, U = _line_attractor(getkey())
+    xs = np.zeros((6, 4, 2))
+    contexts = np.array([2, 1, 2, 1])
+    rec = an.run_analysis(
+        model,
+        xs,
+        what="fixed_points",
+        out_dir=tmp_path,
+        contexts=contexts,
+        stimulus=[0, 1],
+        starts_from="noise",
+        num_starts=8,
+        method="newton",
+        key=getkey(),
+    )
+    assert set(rec["labels"]) == {1, 2} and rec["num_starts"] == 16
+    np.testing.assert_allclose(
+        rec["selection_projections"],
+        np.broadcast_to(left @ U, (rec["num_fixed_points"], 2)),
+        atol=1e-9,
+    )
+    table = an.fixed_point_table(rec)
+    assert "label" in table.splitlines()[1] and "sel·u1" in table.splitlines()[1]
+    rec = an.run_analysis(
+        model,
+        xs + 0.3 * np.asarray(jr.normal(getkey(), (6, 4, 2))),
+        what="line_attractor",
+        out_dir=tmp_path,
+        contexts=contexts,
+        stimulus=[0, 1],
+        tol=1e-3,
+        num_starts=16,
+        noise=1.0,
+        key=getkey(),
+    )
+    for c in rec["contexts"]:
+        assert c["num_slow_points"] >= 2 and c["variance_on_line"] > 0.999
+        assert abs(c["slow_eigenvalue_median"]) < 1e-9
+        assert c["next_eigenvalue_median"] == pytest.approx(lam[1], abs=1e-9)
+        # signs follow the line's (arbitrary) orientation
+        np.testing.assert_allclose(
+            np.abs(c["projections_median"]), np.abs(left @ U), atol=1e-9
+        )
+    # context 1's relevant input is stimulus 0, context 2's is stimulus 1
+    for c, j in zip(rec["contexts"], (0, 1), strict=True):
+        assert c["relevant_projection_median"] == pytest.approx(abs((left @ U)[j]))
+        assert c["irrelevant_projection_median"] == pytest.approx(
+            abs((left @ U)[1 - j])
+        )
+    assert "var. on line" in an.line_attractor_table(rec)

@@ -23,6 +23,7 @@ _METHODS = ("optimise", "newton")
 _DENSE_MAX = 128  # above this many state variables, Newton solves by GMRES
 _KRYLOV = 32  # GMRES (one cycle) dimension for large states
 _PATIENCE = 200  # Adam steps without a 0.1% better speed: stalled
+_NEWTON_PATIENCE = 20  # Levenberg-Marquardt steps without a 1% better speed
 
 
 def find_fixed_points(
@@ -74,7 +75,8 @@ def find_fixed_points(
       when `newton_steps=0`) or stops improving, then Newton to polish; `"newton"`: Newton from the starts
       (at most `steps`, default 200). The steps are Levenberg-Marquardt's
       `d = -(JᵀJ + μI)⁻¹ JᵀF` with Nielsen's update of `μ` (a step is taken
-      only if `q` decreases): far from a root, short steps down the gradient of
+      only if `q` decreases; a start stops when its speed has not improved by
+      1% in 20 steps, a slow point): far from a root, short steps down the gradient of
       `q`, so far saddles are reached as by gradient descent; near one,
       Newton's step and its quadratic convergence. The linear solve is exact
       for up to 128 state variables, else 32 steps of GMRES.
@@ -351,15 +353,19 @@ def _newton(F, xs, R, iters, tol, steps, dense):
         return r, jnp.sqrt(2 * jnp.where(ok, q1, q0)), mu, nu, ok
 
     def cond(c):
-        k, _, _, _, active, _ = c
+        k, _, _, _, active, _, _, _ = c
         return (k < steps) & jnp.any(active)
 
     def body(c):
-        k, R, mu, nu, active, iters = c
+        k, R, mu, nu, active, iters, best, since = c
         R, s, mu, nu, moved = jax.vmap(one)(R, xs, mu, nu, active)
         iters = iters + moved.astype(jnp.int32)
-        active = active & (s > tol) & (mu < 1e20)
-        return k + 1, R, mu, nu, active, iters
+        # stalled: no 1% better speed in `_NEWTON_PATIENCE` steps (a slow point)
+        improved = s < 0.99 * best
+        best = jnp.where(improved, s, best)
+        since = jnp.where(improved, 0, since + 1)
+        active = active & (s > tol) & (mu < 1e20) & (since < _NEWTON_PATIENCE)
+        return k + 1, R, mu, nu, active, iters, best, since
 
     f0 = jax.vmap(F)(R, xs)
     s0 = jnp.linalg.norm(f0, axis=-1)
@@ -369,8 +375,9 @@ def _newton(F, xs, R, iters, tol, steps, dense):
     mu = 1e-3 * jnp.where(jnp.isfinite(scale) & (scale > 0), scale, 1.0)
     nu = jnp.full_like(mu, 2.0)
     active = ~(s0 <= tol)
-    init = (0, R, mu, nu, active, iters)
-    _, R, _, _, _, iters = jax.lax.while_loop(cond, body, init)
+    since = jnp.zeros(R.shape[0], jnp.int32)
+    init = (0, R, mu, nu, active, iters, jnp.where(active, s0, 0.0), since)
+    _, R, _, _, _, iters, _, _ = jax.lax.while_loop(cond, body, init)
     return R, iters
 
 

@@ -6,13 +6,17 @@ of its left eigenvector (the selection vector) on each stimulus input."""
 import dataclasses
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
+from matplotlib import colormaps
 
 from .._model import Model
 from ._common import new_figure
 from ._fixed_point_result import FixedPoints
-from ._fixed_points import find_fixed_points
+from ._fixed_points import find_fixed_points, residual
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,7 @@ def line_attractor(
     contexts: Sequence | None = None,
     num_starts: int = 256,
     noise: float | None = None,
-    tol: Sequence[float] = (1e-4, 1e-3),
+    tol: Sequence[float] | None = None,
     steps: int = 3000,
     learning_rate: float = 1e-2,
     unique_tol: float = 1e-2,
@@ -101,16 +105,17 @@ def line_attractor(
     - `key`: a JAX PRNG key; `states`: per context visited states `(..., n)`
       (default: starts from `N(0, I)`); `contexts`: their labels (default
       `1 .. C`).
-    - `num_starts`, `noise`, `tol`, `steps`, `learning_rate`, `unique_tol`: as
-      in `find_fixed_points`.
+    - `tol`: the speeds kept, as in `find_fixed_points`; default relative to
+      the network's own pace: 1% and 5% of the median speed `‖F‖` at the
+      visited states of that context (with `states`; else `(1e-4, 1e-3)`).
+    - `num_starts`, `noise`, `steps`, `learning_rate`, `unique_tol`: as in
+      `find_fixed_points`.
 
     **Returns:** a `LineAttractor`.
 
     **Reference:** Mante, Sussillo, Shenoy & Newsome (2013), "Context-dependent
     computation by recurrent dynamics in prefrontal cortex", Nature 503, 78-84.
     """
-    import jax.random as jr
-
     inputs = np.asarray(inputs, dtype=float)
     if inputs.ndim != 2 or inputs.shape[1] != model.input_size:
         raise ValueError(
@@ -126,6 +131,12 @@ def line_attractor(
         raise ValueError(f"`stimulus` indices must be in [0, {model.input_size})")
     found = []
     for k, key_k in enumerate(jr.split(key, C)):
+        tol_k = tol
+        if tol_k is None:
+            pace = (
+                1e-1 if states is None else _median_speed(model, states[k], inputs[k])
+            )
+            tol_k = (0.01 * pace, 0.05 * pace)
         found.append(
             find_fixed_points(
                 model,
@@ -135,7 +146,7 @@ def line_attractor(
                 states=None if states is None else states[k],
                 noise=noise,
                 labels=np.full(num_starts, contexts[k]),
-                tol=tol,
+                tol=tol_k,
                 steps=steps,
                 newton_steps=0,
                 learning_rate=learning_rate,
@@ -235,9 +246,15 @@ def plot_line_attractor(
 
 
 def _cmap(v):
-    from matplotlib import colormaps
-
     return colormaps["coolwarm"](float(np.clip(v, 0.0, 1.0)))
+
+
+def _median_speed(model, states, x) -> float:
+    F, _ = residual(model)
+    dtype = jnp.result_type(model.init_state())
+    h = jnp.asarray(states, dtype=dtype).reshape(-1, model.state_size)
+    speeds = jnp.linalg.norm(jax.vmap(lambda r: F(r, jnp.asarray(x, dtype)))(h), axis=1)
+    return float(jnp.median(speeds))
 
 
 def _median(a) -> float:

@@ -85,7 +85,8 @@ def run_analysis(
       `stimulus` (input indices) the record has each point's selection-vector
       projections on those inputs.
     - `"line_attractor"`: per context (default: one, all sequences), the slow points
-      (`tol` default `(1e-4, 1e-3)`), the fraction of their variance on a line,
+      (`tol` default: 1% and 5% of the median speed at the visited states),
+      the fraction of their variance on a line,
       their slow and next eigenvalues, and the selection vector's projections
       on the `stimulus` inputs (default: all), relevant (the `k`-th stimulus
       input in the `k`-th context, labels sorted) against the others
@@ -352,7 +353,7 @@ def _line_attractor(
         contexts=[label for label, _, _ in per],
         num_starts=num_starts or 256,
         noise=noise,
-        tol=(1e-4, 1e-3) if tol is None else ([tol] if np.ndim(tol) == 0 else tol),
+        tol=None if tol is None else ([tol] if np.ndim(tol) == 0 else tol),
     )
     fig = plot_line_attractor(result, [h for _, _, h in per])
     record = result.to_dict()
