@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = run / "analysis" / "context_line_attractor.png"
     fig.savefig(out, dpi=110)
-    tau = float(getattr(model.dynamics, "tau", 1.0))
+    tau = float(np.mean(np.asarray(getattr(model.dynamics, "tau", 1.0))))
     found = {
         "run_dir": str(run),
         "test": summary.get("test"),

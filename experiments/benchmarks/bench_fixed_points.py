@@ -45,7 +45,7 @@ def network(n: int, gain: float, seed: int = 0):
 def search(model, starts_key, num_starts, method):
     xs = jr.normal(jr.PRNGKey(7), (100, 8, 3))
     hs, _ = model.rollout(xs)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fps = rn.analysis.find_fixed_points(
         model,
         jnp.zeros(3),
@@ -56,7 +56,7 @@ def search(model, starts_key, num_starts, method):
         method=method,
         tol=1e-8,
     )
-    return fps, time.perf_counter() - t0
+    return fps, (time.perf_counter() - t0, time.process_time() - c0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         converged = fps.num_converged
         rows.append(
             f"| search `{method}` | {args.n} | {args.starts} starts | "
-            f"{wall:.2f} s ({first:.2f} s with compilation) | "
+            f"{wall[0]:.1f} s wall, {wall[1]:.1f} s CPU ({first[0]:.1f} s wall, "
+            f"{first[1]:.1f} s CPU with compilation) | "
             f"{converged}/{args.starts} starts at ‖F‖ ≤ 1e-8, {len(fps)} points "
             f"({', '.join(f'{fps.stability.count(s)} {s}' for s in rn.analysis.STABILITIES if fps.stability.count(s))}); "
             f"at most {int(fps.candidate_iterations.max())} iterations |"
@@ -92,16 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         cmodel, path[0], key=jr.PRNGKey(4), num_starts=256, noise=1.0, method="newton"
     )
     for label in ("with compilation", "again"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cont = rn.analysis.continue_fixed_points(cmodel, path, fixed_points=start)
-        wall = time.perf_counter() - t0
+        wall = (time.perf_counter() - t0, time.process_time() - c0)
         if label == "with compilation":
             first = wall
     kinds = [b.kind for b in cont.bifurcations]
     npts = sum(len(b.s) for b in cont.branches)
     rows.append(
-        f"| continuation | {args.cont_n} | {args.inputs} inputs | {wall:.2f} s "
-        f"({first:.2f} s with compilation) | {len(cont.branches)} branches, "
+        f"| continuation | {args.cont_n} | {args.inputs} inputs | {wall[0]:.1f} s "
+        f"wall, {wall[1]:.1f} s CPU ({first[0]:.1f} s wall, {first[1]:.1f} s CPU "
+        f"with compilation) | {len(cont.branches)} branches, "
         f"{npts} points, bifurcations: "
         + (", ".join(f"{kinds.count(k)} {k}" for k in sorted(set(kinds))) or "none")
         + " |"
@@ -115,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--n {args.n} --starts {args.starts} --gain {args.gain} "
             f"--inputs {args.inputs} --cont-n {args.cont_n}`; "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-            "shared with other jobs (the machine was loaded: times are upper "
-            "bounds), float64, jax "
+            "shared with other jobs (load average about 20 while this ran: the "
+            "wall times are inflated; the CPU times, of this process's threads, "
+            "are closer to what an idle machine takes), float64, jax "
             f"{jax.__version__}. Search: a random tanh CTRNN (gain {args.gain}) "
             "under a constant input, starts from visited states plus noise 0.5, "
             "tolerance 1e-8. Continuation: a random CTRNN (gain 1.5), the first "
