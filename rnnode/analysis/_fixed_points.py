@@ -20,8 +20,8 @@ from .._model import Model
 from ._fixed_point_result import FixedPoints, classify
 
 _METHODS = ("optimise", "newton")
-_DENSE_MAX = 128  # above this many state variables, Newton solves by GMRES
-_KRYLOV = 32  # GMRES (one cycle) dimension for large states
+_DENSE_MAX = 128  # above this many state variables, LM works in a Krylov space
+_KRYLOV = 32  # the Krylov dimension for large states
 _PATIENCE = 200  # Adam steps without a 0.1% better speed: stalled
 _NEWTON_PATIENCE = 20  # Levenberg-Marquardt steps without a 1% better speed
 
@@ -79,7 +79,8 @@ def find_fixed_points(
       1% in 20 steps, a slow point): far from a root, short steps down the gradient of
       `q`, so far saddles are reached as by gradient descent; near one,
       Newton's step and its quadratic convergence. The linear solve is exact
-      for up to 128 state variables, else 32 steps of GMRES.
+      for up to 128 state variables; beyond, the same problem restricted to
+      the 32-dimensional Krylov space of `J` and `F` (Arnoldi).
     - `tol`: the largest speed `‖F‖` kept, or a list of them: all points up to
       the largest are kept (slow points too), the search goes on to the
       smallest, and `FixedPoints.at_tol` selects. Default `max(1e-8, 100 ε)`
@@ -336,11 +337,14 @@ def _newton(F, xs, R, iters, tol, steps, dense):
             A = J.T @ J
             d = jnp.linalg.solve(A + mu * jnp.eye(r.shape[0], dtype=r.dtype), -g)
         else:
-
-            def matvec(v):
-                return vjp(jax.jvp(f_of, (r,), (v,))[1])[0] + mu * v
-
-            d = _gmres(matvec, -g)
+            # Levenberg-Marquardt inside the Krylov space of J and F: with
+            # J V = W H (Arnoldi, W = [V, v]), min ‖F + J V y‖² + μ‖y‖² is
+            # min ‖β e₁ + H y‖² + μ‖y‖², a (k+1) × k problem.
+            V, H, beta = _arnoldi(lambda v: jax.jvp(f_of, (r,), (v,))[1], f)
+            k = H.shape[1]
+            e1 = jnp.zeros(k + 1, r.dtype).at[0].set(beta)
+            y = jnp.linalg.solve(H.T @ H + mu * jnp.eye(k, dtype=r.dtype), -H.T @ e1)
+            d = V[:k].T @ y
         d = jnp.where(jnp.all(jnp.isfinite(d)), d, jnp.zeros_like(d))
         q0, q1 = 0.5 * jnp.sum(f**2), q(r + d)
         predicted = 0.5 * (d @ (mu * d - g))
@@ -381,10 +385,9 @@ def _newton(F, xs, R, iters, tol, steps, dense):
     return R, iters
 
 
-def _gmres(matvec, b):
-    """One cycle of GMRES (`_KRYLOV` Arnoldi steps, modified Gram-Schmidt):
-    the `d` in that Krylov space minimising `‖A d - b‖` (an inexact Newton step,
-    whose `q` decreases along it since `‖A d - b‖ < ‖b‖`)."""
+def _arnoldi(matvec, b):
+    """`_KRYLOV` Arnoldi steps (modified Gram-Schmidt) on `matvec` from `b`:
+    `(V, H, ‖b‖)` with `A V[:k]ᵀ = V[:k+1]ᵀ H`."""
     n = b.shape[0]
     k = min(_KRYLOV, n)
     beta = jnp.linalg.norm(b)
@@ -392,25 +395,23 @@ def _gmres(matvec, b):
     V = jnp.zeros((k + 1, n), b.dtype).at[0].set(b / jnp.maximum(beta, tiny))
     H = jnp.zeros((k + 1, k), b.dtype)
 
-    def arnoldi(j, carry):
+    def step(j, carry):
         V, H = carry
         w = matvec(V[j])
-
-        def gs(i, wh):
-            w, h = wh
-            c = jnp.where(i <= j, V[i] @ w, 0.0)
-            return w - c * V[i], h.at[i].set(c)
-
-        w, h = jax.lax.fori_loop(0, k, gs, (w, jnp.zeros(k + 1, b.dtype)))
+        # all k+1 rows at once, masked to the first j + 1 (twice: stable MGS)
+        mask = (jnp.arange(k + 1) <= j).astype(b.dtype)
+        h = (V @ w) * mask
+        w = w - h @ V
+        h2 = (V @ w) * mask
+        w = w - h2 @ V
+        h = h + h2
         nw = jnp.linalg.norm(w)
         h = h.at[j + 1].set(nw)
         V = V.at[j + 1].set(jnp.where(nw > tiny, w / jnp.maximum(nw, tiny), 0.0))
         return V, H.at[:, j].set(h)
 
-    V, H = jax.lax.fori_loop(0, k, arnoldi, (V, H))
-    e1 = jnp.zeros(k + 1, b.dtype).at[0].set(beta)
-    y = jnp.linalg.lstsq(H, e1)[0]
-    return V[:k].T @ y
+    V, H = jax.lax.fori_loop(0, k, step, (V, H))
+    return V, H, beta
 
 
 def _deduplicate(ends, xs, labels, speeds, tol, unique_tol, fates) -> np.ndarray:
