@@ -28,10 +28,10 @@ from rnnode.train import (
     train,
     validate_config,
 )
-from rnnode.train._config import GRADIENTS as NEEDS
 from rnnode.train._environment import _git_state, environment
 from rnnode.train._run import _fresh_dir
 from rnnode.train._steps import _TRACES
+from rnnode.train.config import GRADIENTS as NEEDS
 
 # A few-second version of the quickstart (30 steps, checkpoints at 15 and 30).
 TINY = [
@@ -596,6 +596,15 @@ def test_non_converging_solve_is_an_error_not_a_wrong_gradient(
     assert summary["status"] == "failed"
     assert "No checkpoint had been written yet" in summary["message"]
     assert (run / "config.yaml").is_file()
+
+
+def test_non_converging_deer_stops_training_with_exit_3(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", *TINY, "gradient.name=deer", "gradient.max_steps=1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Traceback" not in err, err
+    assert "training stopped after step 0: DEER: Newton on the trajectory" in err
+    assert "gradient.max_steps" in err and "gradient.damping" in err  # keys named
 
 
 def test_eval_of_a_non_converging_equilibrium_is_one_line_and_writes_nothing(

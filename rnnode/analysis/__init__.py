@@ -3,6 +3,7 @@ Jacobian products and spectra, gradient norm against lag, Lyapunov exponents,
 fixed points and their linearisation, the alignment of approximate gradients
 with the exact one, and `run_analysis` for saved runs."""
 
+from ._adjoint import adjoint_trajectory as adjoint_trajectory
 from ._alignment import (
     GradientAlignment as GradientAlignment,
     alignment_methods as alignment_methods,
@@ -15,6 +16,10 @@ from ._continuation import (
     Continuation as Continuation,
     continue_fixed_points as continue_fixed_points,
     plot_bifurcation as plot_bifurcation,
+)
+from ._equilibrium import (
+    implicit_adjoint as implicit_adjoint,
+    spectral_radius_estimate as spectral_radius_estimate,
 )
 from ._fixed_point_plots import (
     leading_eigenvalues as leading_eigenvalues,
@@ -53,6 +58,10 @@ from ._lyapunov import (
     LyapunovSpectrum as LyapunovSpectrum,
     lyapunov_exponents as lyapunov_exponents,
     plot_lyapunov as plot_lyapunov,
+)
+from ._parallel import (
+    Parallelisability as Parallelisability,
+    parallelisability as parallelisability,
 )
 from ._run import (
     ANALYSES as ANALYSES,

@@ -26,7 +26,8 @@ EPILOG = (
 )
 
 
-def add_parser(sub, overrides_help: str) -> None:
+def add_sweep_parser(sub, overrides_help: str) -> None:
+    """Add the `sweep` subcommand and its arguments to the CLI's subparsers `sub`."""
     s = sub.add_parser(
         "sweep",
         help="search hyperparameters with Optuna (pruning, workers, resumable)",
@@ -61,7 +62,7 @@ def add_parser(sub, overrides_help: str) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def run(args) -> int:
+def sweep_command(args) -> int:
     """Run `rnnode sweep`; returns the exit status (a `ConfigError` propagates)."""
     from . import (
         WorkerFailed,
