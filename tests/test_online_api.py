@@ -77,7 +77,7 @@ def test_reset_is_a_fresh_init_with_the_running_key(getkey):
     uoro = rn.UORO()
     x, y = jnp.ones((S, M)), jnp.ones((S, K))
     state = uoro.init(model, key=jr.PRNGKey(1), streams=S)
-    state, _, _ = uoro.step(model, state, x, y)
+    state, _, _ = eqx.filter_jit(uoro.step)(model, state, x, y)
     reset = uoro.reset(model, state)
     fresh = jax.vmap(lambda k: uoro.init(model, key=k))(state.key)
     for a, b in zip(jax.tree.leaves(reset), jax.tree.leaves(fresh), strict=True):
@@ -99,7 +99,7 @@ def test_reset_is_a_fresh_init_with_the_running_key(getkey):
         learn_initial_state=True,
     )
     rtrl = rn.RTRL()
-    s1, _, _ = rtrl.step(gru, rtrl.init(gru), x[0], y[0])
+    s1, _, _ = eqx.filter_jit(rtrl.step)(gru, rtrl.init(gru), x[0], y[0])
     again = rtrl.reset(gru, s1)
     np.testing.assert_array_equal(again.trace.initial_state, jnp.eye(3))
     np.testing.assert_array_equal(again.h, gru.init_state())

@@ -164,7 +164,7 @@ def init_unit_traces(params, h, inp, order):
 def advance_unit_traces(params, J, imm, traces, order):
     """`(J P + I) ⊙ M` on the compact layout, for every trace; also returns the
     layouts `{name: Layout}` for `unit_gradient`."""
-    out, layouts = {}, {}
+    out, layouts, gathered = {}, {}, {}
     for name, P in traces.items():
         r = imm[name]
         lay = layouts[name] = unit_layout(params, name, r.rows, order)
@@ -172,9 +172,15 @@ def advance_unit_traces(params, J, imm, traces, order):
         if lay.dense:
             JP = jnp.tensordot(J.astype(P.dtype), P, axes=1)
         else:
-            Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
-            if valid is not None:
-                Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
+            # one gather of J per layout (W, U and b share theirs): XLA's gathers
+            # on CPU are slow
+            which = (idx.shape, idx.tobytes(), None if valid is None else valid.tobytes())
+            if which not in gathered:
+                Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
+                if valid is not None:
+                    Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
+                gathered[which] = Jg
+            Jg = gathered[which]
             JP = jnp.einsum("abq,bq...->aq...", Jg.astype(P.dtype), P)
         if r.v is None:
             upd = r.vals
