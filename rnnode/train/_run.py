@@ -324,6 +324,7 @@ class _Run:
                     batch_size=tc.batch_size,
                     dtype=dtype,
                     mesh=mesh,
+                    reset_every=tc.reset_every,
                 ),
             )
             key, stream_key = jr.split(key)
@@ -346,6 +347,7 @@ class _Run:
                     batch_size=tc.batch_size,
                     dtype=dtype,
                     mesh=mesh,
+                    reset_every=tc.reset_every,
                 ),
             )
         self.key = key
