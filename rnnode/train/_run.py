@@ -347,7 +347,6 @@ class _Run:
                     batch_size=tc.batch_size,
                     dtype=dtype,
                     mesh=mesh,
-                    reset_every=tc.reset_every,
                 ),
             )
         self.key = key
