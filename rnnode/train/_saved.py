@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .._model import Model
 from . import _checkpoint as ckpt, _metrics as mt
 from ._build import (
     build_equilibrium,
@@ -31,6 +32,8 @@ class EvaluationFailed(RuntimeError):
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The validated config of a saved run (its `config.yaml`), with `out_dir` set
+    to `run_dir`. Raises `FileNotFoundError` if `run_dir` is not a run."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -86,6 +89,32 @@ def load_run(run_dir: str | Path):
     """
     model, cfg, task, _ = _load_run(run_dir)
     return model, cfg, task
+
+
+def load_checkpoints(run_dir: str | Path) -> list[tuple[int, Model]]:
+    """`(step, model)` for every valid checkpoint of a saved run, oldest first
+    (e.g. for `rnnode.analysis.track_fixed_points`). Checkpoints that cannot
+    be read are skipped.
+
+    **Raises:** `FileNotFoundError` if there is no run or no usable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    out = []
+    with x64_context(cfg):
+        cfg, task, setup = prepare(cfg)
+        like = setup.state()
+        if cfg.train.online:
+            like = {**like, **_online_like(cfg, task, setup)}
+        for step, path in sorted(ckpt.list_checkpoints(run_dir)):
+            try:
+                _, state = ckpt.load_checkpoint(path, like)
+            except Exception:  # a torn or foreign file: skip it
+                continue
+            out.append((int(step), setup.model_from(state["params"])))
+    if not out:
+        raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
+    return out
 
 
 def evaluate(run_dir: str | Path) -> dict:
