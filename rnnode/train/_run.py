@@ -332,6 +332,7 @@ class _Run:
                     batch_size=tc.batch_size,
                     dtype=dtype,
                     mesh=mesh,
+                    reset_every=tc.reset_every,
                 ),
             )
             key, stream_key = jr.split(key)
