@@ -231,6 +231,7 @@ def build_optimiser(cfg: Config) -> optax.GradientTransformation:
 
 
 def run_dtype(cfg: Config):
+    """The JAX dtype of a run: `float64` if `train.dtype` says so, else `float32`."""
     return jnp.float64 if cfg.train.dtype == "float64" else jnp.float32
 
 

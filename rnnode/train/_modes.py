@@ -121,7 +121,12 @@ def training_for(cfg, task, setup, mesh) -> AbstractTraining:
             key,
             lambda: OnlineTraining(
                 *make_online_chunk(
-                    setup.static, setup.optimiser, method, per_step, **common
+                    setup.static,
+                    setup.optimiser,
+                    method,
+                    per_step,
+                    reset_every=tc.reset_every,
+                    **common,
                 )
             ),
         )

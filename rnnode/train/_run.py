@@ -56,6 +56,12 @@ _CONFIG_HINT = (
     "equilibrium.step_size), the adjoint takes gradient.max_steps, gradient.damping "
     "and gradient.tol."
 )
+# a parallel-in-time solve (`DEER`, `ELK`; their messages start with the name)
+_NEWTON_HINT = (
+    " In a config: gradient.max_steps (null means T), gradient.rtol, "
+    "gradient.atol, gradient.quasi, gradient.damping (deer) or gradient.penalty "
+    "(elk), or gradient.name: bptt."
+)
 
 
 def _runtime_message(e: Exception) -> str:
@@ -76,8 +82,10 @@ def _solve_failed(
     writes the run's summary."""
     text = _runtime_message(e)
     where = _last_checkpoint(run_dir)
+    newton = text.startswith(("DEER:", "ELK:"))
     msg = (
-        f"training stopped after step {step}: {text}{_CONFIG_HINT} "
+        f"training stopped after step {step}: {text}"
+        f"{_NEWTON_HINT if newton else _CONFIG_HINT} "
         f"{where[0].upper()}{where[1:]}."
     )
     return _stopped(run_dir, main, "failed", msg, step, environment)

@@ -8,6 +8,7 @@ from pathlib import Path
 import equinox as eqx
 import numpy as np
 
+from .._model import Model
 from . import _checkpoint as ckpt, _metrics as mt
 from ._build import (
     build_equilibrium,
@@ -30,6 +31,8 @@ class EvaluationFailed(RuntimeError):
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The validated config of a saved run (its `config.yaml`), with `out_dir` set
+    to `run_dir`. Raises `FileNotFoundError` if `run_dir` is not a run."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -44,18 +47,23 @@ def _load_run(run_dir):
     cfg = load_run_config(run_dir)
     with x64_context(cfg):
         cfg, task, setup = prepare(cfg)
-        # the checkpoint holds the training's extra state too (an online run's
-        # streams): its shapes come from starting that training afresh
-        train_data = split_arrays(cfg, task, task.train, setup.dtype)
-        _, extra = training_for(cfg, task, setup, None).start(
-            setup.params, setup.train_key, train_data
-        )
-        loaded = ckpt.load_latest(run_dir, {**setup.state(), **extra})
+        loaded = ckpt.load_latest(run_dir, _checkpoint_like(cfg, task, setup))
         if loaded is None:
             raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
         header, state = loaded
         model = setup.model_from(state["params"])
     return model, cfg, task, int(header["step"])
+
+
+def _checkpoint_like(cfg, task, setup) -> dict:
+    """The shapes of a run's checkpointed state: the parameters, optimiser state
+    and key, and the training's extra state (an online run's streams), from
+    starting that training afresh."""
+    train_data = split_arrays(cfg, task, task.train, setup.dtype)
+    _, extra = training_for(cfg, task, setup, None).start(
+        setup.params, setup.train_key, train_data
+    )
+    return {**setup.state(), **extra}
 
 
 def load_run(run_dir: str | Path):
@@ -66,6 +74,30 @@ def load_run(run_dir: str | Path):
     """
     model, cfg, task, _ = _load_run(run_dir)
     return model, cfg, task
+
+
+def load_checkpoints(run_dir: str | Path) -> list[tuple[int, Model]]:
+    """`(step, model)` for every valid checkpoint of a saved run, oldest first
+    (e.g. for `rnnode.analysis.track_fixed_points`). Checkpoints that cannot
+    be read are skipped.
+
+    **Raises:** `FileNotFoundError` if there is no run or no usable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    out = []
+    with x64_context(cfg):
+        cfg, task, setup = prepare(cfg)
+        like = _checkpoint_like(cfg, task, setup)
+        for step, path in sorted(ckpt.list_checkpoints(run_dir)):
+            try:
+                _, state = ckpt.load_checkpoint(path, like)
+            except Exception:  # a torn or foreign file: skip it
+                continue
+            out.append((int(step), setup.model_from(state["params"])))
+    if not out:
+        raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
+    return out
 
 
 def evaluate(run_dir: str | Path) -> dict:
