@@ -30,6 +30,7 @@ from ._run import (
 from ._saved import (
     EvaluationFailed as EvaluationFailed,
     evaluate as evaluate,
+    load_checkpoints as load_checkpoints,
     load_run as load_run,
     load_run_config as load_run_config,
 )

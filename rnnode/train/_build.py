@@ -372,7 +372,6 @@ class _Setup:
         self.model, self.opt_state, self.train_key = init()
         self.params, self.static = eqx.partition(self.model, eqx.is_inexact_array)
         check_gradient_applies(cfg, self.gradient, self.model)
-        self.online = self.gradient if cfg.train.online else None
 
     def state(self, params=None, opt_state=None, key=None):
         return {
