@@ -8,10 +8,12 @@ from ._dynamics import (
     CTRNN as CTRNN,
     AbstractCell as AbstractCell,
     AbstractDynamics as AbstractDynamics,
+    AbstractNoisyField as AbstractNoisyField,
     AbstractSequenceCell as AbstractSequenceCell,
     AbstractVectorField as AbstractVectorField,
     DampedOscillator as DampedOscillator,
     LinearExample as LinearExample,
+    recurrent_weights as recurrent_weights,
 )
 from ._equilibrium import (
     equilibrium as equilibrium,
