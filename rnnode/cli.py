@@ -510,4 +510,8 @@ def _entry() -> None:  # pragma: no cover
     sys.exit(main())
 
 
+if __name__ == "__main__":  # pragma: no cover - `python -m rnnode.cli`
+    _entry()
+
+
 _unused = json

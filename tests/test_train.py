@@ -627,3 +627,47 @@ def test_eval_of_a_non_converging_equilibrium_is_one_line_and_writes_nothing(
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "did not reach its tolerance" in err and "equilibrium.max_steps" in err
     assert (run / "eval.json").read_bytes() == before
+
+
+def test_online_checkpoint_of_the_old_layout_still_loads(tmp_path, capsys):
+    """An online run written before every online state carried a key (RTRL's
+    state was `(h, P, t)`) still gives its model to `load_run` / `evaluate`, and
+    `resume` keeps its weights, optimiser state and key, restarting the streams
+    with a warning (no data lost, no step 0)."""
+    from rnnode.train import _checkpoint as ckpt
+
+    args = [*ONLINE_SPARSE, "gradient.name=rtrl", f"out_dir={tmp_path / 'run'}"]
+    run = tmp_path / "run"
+    train(load_config(None, args), progress=False)
+    ref_model, _, _ = load_run(run)
+    # rewrite every checkpoint as the old code wrote it: the online state
+    # without its key
+    for step, path in ckpt.list_checkpoints(run):
+        header, _ = ckpt.read_header(path)
+        _, state = ckpt.load_checkpoint(path, _full_like(run))
+        rs = state["rstate"]
+        state["rstate"] = (rs.h, rs.trace, rs.t)
+        ckpt.save_checkpoint(run, step, state, meta=header["meta"])
+    model, _, _ = load_run(run)
+    flat = lambda m: np.concatenate(
+        [np.ravel(a) for a in jax.tree.leaves(eqx.filter(m, eqx.is_inexact_array))]
+    )
+    np.testing.assert_array_equal(flat(model), flat(ref_model))
+    capsys.readouterr()
+    assert main(["resume", str(run), "train.steps=16", "-q"]) == 0
+    out = capsys.readouterr()
+    assert "older layout" in out.out + out.err
+    assert json.loads((run / "summary.json").read_text())["steps"] == 16
+
+
+def _full_like(run):
+    from rnnode.train._build import prepare, split_arrays
+    from rnnode.train._modes import training_for
+
+    cfg = rnnode.train.load_run_config(run)
+    cfg, task, setup = prepare(cfg)
+    data = split_arrays(cfg, task, task.train, setup.dtype)
+    _, extra = training_for(cfg, task, setup, None).start(
+        setup.params, setup.train_key, data
+    )
+    return {**setup.state(), **extra}

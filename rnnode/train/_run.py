@@ -329,6 +329,21 @@ class _Run:
                     **self.extra,
                 },
             )
+        if loaded is None and self.extra and ckpt.list_checkpoints(self.dir):
+            # an online run written before its online state changed layout
+            # (issue 22: every state carries a key): keep its weights, optimiser
+            # state and key, and start the streams afresh
+            caught = []
+            loaded = ckpt.load_latest(self.dir, self.setup.state())
+            if loaded is not None:
+                header, state = loaded
+                loaded = header, {**state, **self.extra}
+                _say(
+                    "warning: the newest checkpoint's online state has an older "
+                    "layout; resuming its weights with the streams started afresh "
+                    "(not bit-identical to an uninterrupted run)",
+                    True,
+                )
         for w in caught:
             _say(f"warning: {w.message}", True)
         if loaded is None:

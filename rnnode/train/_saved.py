@@ -19,7 +19,6 @@ from ._build import (
     x64_context,
 )
 from ._environment import environment
-from ._modes import training_for
 from ._run import _is_main, _params_report, _runtime_message
 from ._steps import _evaluate
 from .config import Config, parse_yaml, read_config_text, validate_config
@@ -47,7 +46,7 @@ def _load_run(run_dir):
     cfg = load_run_config(run_dir)
     with x64_context(cfg):
         cfg, task, setup = prepare(cfg)
-        loaded = ckpt.load_latest(run_dir, _checkpoint_like(cfg, task, setup))
+        loaded = ckpt.load_latest(run_dir, _model_like(setup))
         if loaded is None:
             raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
         header, state = loaded
@@ -55,15 +54,13 @@ def _load_run(run_dir):
     return model, cfg, task, int(header["step"])
 
 
-def _checkpoint_like(cfg, task, setup) -> dict:
-    """The shapes of a run's checkpointed state: the parameters, optimiser state
-    and key, and the training's extra state (an online run's streams), from
-    starting that training afresh."""
-    train_data = split_arrays(cfg, task, task.train, setup.dtype)
-    _, extra = training_for(cfg, task, setup, None).start(
-        setup.params, setup.train_key, train_data
-    )
-    return {**setup.state(), **extra}
+def _model_like(setup) -> dict:
+    """The leading part of every checkpoint: the parameters, optimiser state and
+    key. A checkpoint stores its leaves in the sorted order of its keys, so these
+    come before any training's extra state (`rstate`, `stream`, `t`), and reading
+    just them gives the model of a batch run, of an online run, and of an online
+    run written before the online state gained its key (issue 22)."""
+    return setup.state()
 
 
 def load_run(run_dir: str | Path):
@@ -88,7 +85,7 @@ def load_checkpoints(run_dir: str | Path) -> list[tuple[int, Model]]:
     out = []
     with x64_context(cfg):
         cfg, task, setup = prepare(cfg)
-        like = _checkpoint_like(cfg, task, setup)
+        like = _model_like(setup)
         for step, path in sorted(ckpt.list_checkpoints(run_dir)):
             try:
                 _, state = ckpt.load_checkpoint(path, like)
