@@ -32,6 +32,8 @@ class AddOptions(TaskOptions):
     num_train: Count = 1
     """Training streams (online training reads `train.batch_size` of them in
     parallel)."""
+    num_val: Count = 1
+    """Validation streams (streams of their own, drawn like the training ones)."""
     num_test: Count = 1
     """Test streams."""
 
@@ -69,7 +71,8 @@ def add(o: AddOptions, *, seed: int) -> Task:
     0.5` and `chance_cross_entropy = log 2`; the three floors `floor_nothing`,
     `floor_first`, `floor_both`.
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     T, lag = o.num_steps, max(o.t1, o.t2)
 
     def split(n, rng):
@@ -84,6 +87,7 @@ def add(o: AddOptions, *, seed: int) -> Task:
         name="add",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=2,
         output_size=2,
         loss="cross_entropy",
