@@ -462,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         f"on {platform.machine()} ({platform.system()}), float32: Elman "
         f"{b['hidden']} units, {b['streams']} streams, {b['steps']} online steps, "
         f"resets every {b['reset']} steps (the series), SGD; learning rate from "
-        f"{b['lrs']} by a grid sweep on the validation split; {b['seeds']} seeds; "
-        f"wall time of this session {wall / 60:.1f} min.\n"
+        f"{b['lrs']} by a grid sweep on the validation split; {b['seeds']} seeds. "
+        + (
+            "Tables written from the runs that exist (`--report`).\n"
+            if args.report
+            else f"Wall time of this invocation {wall / 60:.1f} min.\n"
+        )
     )
     text = head + table(board, b)
     stem.with_suffix(".md").write_text(text)
