@@ -6,7 +6,7 @@ import functools
 import math
 
 import numpy as np
-from pydantic import ValidationInfo, field_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from ._base import (
     Count,
@@ -15,6 +15,7 @@ from ._base import (
     Task,
     TaskOptions,
     classification_metrics,
+    default_num_val,
     rngs,
     uniform,
 )
@@ -32,10 +33,13 @@ class AddOptions(TaskOptions):
     num_train: Count = 1
     """Training streams (online training reads `train.batch_size` of them in
     parallel)."""
-    num_val: Count = 1
-    """Validation streams (streams of their own, drawn like the training ones)."""
+    num_val: Count | None = None
+    """Validation streams (streams of their own, drawn like the training ones;
+    default: as many as `num_test`)."""
     num_test: Count = 1
     """Test streams."""
+
+    _num_val = model_validator(mode="after")(default_num_val)
 
     @field_validator("num_steps")
     @classmethod

@@ -53,9 +53,10 @@ _SHARED = {
         "Training examples (sequences, or the inputs of an equilibrium task).",
     ),
     "num_val": (
-        Count,
+        Count | None,
         "Validation examples: drawn like the training ones, disjoint from the test "
-        "ones (what evaluations during training and sweeps score).",
+        "ones (what evaluations during training and sweeps score); `None` (the "
+        "default): as many as `num_test`.",
     ),
     "num_test": (Count, "Test examples (scored once, at the end of a run)."),
 }
@@ -65,7 +66,8 @@ def shared_options(**defaults: Any) -> type[TaskOptions]:
     """A `TaskOptions` base with the options most tasks share, with this task's
     defaults: the fields named in `defaults`, of `dt` (sampling interval, > 0),
     `num_steps` (samples per sequence), `num_train`, `num_val` and `num_test`
-    (counts >= 1).
+    (counts >= 1; `num_val=None` is as many as `num_test`, so that validation
+    and test batches share their shapes and their compiled evaluation).
 
     ```python
     class SineOptions(shared_options(dt=0.1, num_steps=100, num_train=32, num_test=16)):
@@ -88,7 +90,19 @@ def shared_options(**defaults: Any) -> type[TaskOptions]:
         for name, (kind, doc) in _SHARED.items()
         if name in defaults
     }
-    return pydantic.create_model("SharedOptions", __base__=TaskOptions, **fields)
+    validators = {}
+    if "num_val" in defaults:
+        validators["_num_val"] = pydantic.model_validator(mode="after")(default_num_val)
+    return pydantic.create_model(
+        "SharedOptions", __base__=TaskOptions, __validators__=validators, **fields
+    )
+
+
+def default_num_val(options):
+    """An options model's `num_val = None` made `num_test`."""
+    if options.num_val is None:
+        options.num_val = options.num_test
+    return options
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

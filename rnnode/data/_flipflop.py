@@ -16,7 +16,7 @@ from ._base import (
 
 
 class FlipFlopOptions(
-    shared_options(dt=0.5, num_steps=100, num_train=512, num_val=128, num_test=128)
+    shared_options(dt=0.5, num_steps=100, num_train=512, num_val=None, num_test=128)
 ):
     """Options of `flipflop` (`dt`: the task has no time scale of its own; it is
     the integrator step a config takes by default, against the network's `τ`)."""

@@ -22,7 +22,7 @@ AtLeastTwo = integer(ge=2)
 # adding
 
 
-class AddingOptions(shared_options(num_train=1000, num_val=200, num_test=200)):
+class AddingOptions(shared_options(num_train=1000, num_val=None, num_test=200)):
     """Options of `adding`."""
 
     num_steps: AtLeastTwo = 50
@@ -77,7 +77,7 @@ def adding(o: AddingOptions, *, seed: int) -> Task:
 # copy
 
 
-class CopyOptions(shared_options(num_train=1000, num_val=200, num_test=200)):
+class CopyOptions(shared_options(num_train=1000, num_val=None, num_test=200)):
     """Options of `copy`."""
 
     num_symbols: AtLeastTwo = 8

@@ -24,7 +24,7 @@ from ._base import (
 
 
 class OscillatorFitOptions(
-    shared_options(dt=0.1, num_steps=100, num_train=8, num_val=4, num_test=4)
+    shared_options(dt=0.1, num_steps=100, num_train=8, num_val=None, num_test=4)
 ):
     """Options of `oscillator_fit` (and, with other defaults, `oscillator_ctrnn`)."""
 
@@ -63,8 +63,8 @@ class OscillatorCTRNNOptions(OscillatorFitOptions):
 
     num_train: Count = 32
     """Training sequences."""
-    num_val: Count = 8
-    """Validation sequences."""
+    num_val: Count | None = None
+    """Validation sequences (default: as many as `num_test`)."""
     num_test: Count = 8
     """Test sequences."""
     observe: Literal["state", "position"] = "position"

@@ -49,7 +49,7 @@ class _WindowOptions(TaskOptions):
 
 
 class _GeneratedOptions(
-    shared_options(num_steps=200, num_train=256, num_val=16, num_test=32),
+    shared_options(num_steps=200, num_train=256, num_val=None, num_test=32),
     _WindowOptions,
 ):
     """Options of the generated series: every window (`num_steps` steps, one

@@ -23,7 +23,7 @@ from ._base import (
 
 
 class LinearExampleOptions(
-    shared_options(dt=0.1, num_steps=50, num_train=16, num_val=8, num_test=8)
+    shared_options(dt=0.1, num_steps=50, num_train=16, num_val=None, num_test=8)
 ):
     """Options of `linear_example`."""
 
@@ -97,7 +97,7 @@ def linear_example(o: LinearExampleOptions, *, seed: int) -> Task:
 
 
 class SineOptions(
-    shared_options(dt=0.1, num_steps=100, num_train=32, num_val=16, num_test=16)
+    shared_options(dt=0.1, num_steps=100, num_train=32, num_val=None, num_test=16)
 ):
     """Options of `sine`."""
 
@@ -153,7 +153,7 @@ def sine(o: SineOptions, *, seed: int) -> Task:
 # steady_state
 
 
-class SteadyStateOptions(shared_options(num_train=256, num_val=64, num_test=64)):
+class SteadyStateOptions(shared_options(num_train=256, num_val=None, num_test=64)):
     """Options of `steady_state`."""
 
     input_size: Count = 2
