@@ -40,7 +40,11 @@ from ._sequence import sequence_loss as sequence_loss
 from ._stack import Stack as Stack
 from .gradients import (
     BPTT as BPTT,
+    GRADIENT_VARIANTS as GRADIENT_VARIANTS,
+    GRADIENTS as GRADIENTS,
     KFRTRL as KFRTRL,
+    ONLINE_COVERAGE as ONLINE_COVERAGE,
+    ONLINE_GRADIENTS as ONLINE_GRADIENTS,
     RFLO as RFLO,
     RTRL as RTRL,
     UORO as UORO,
@@ -60,15 +64,24 @@ from .gradients import (
     Implicit as Implicit,
     LayerLocalRTRL as LayerLocalRTRL,
     OnlineState as OnlineState,
-    RTRLState as RTRLState,
+    Rows as Rows,
     SnAp as SnAp,
     Unrolled as Unrolled,
     adjoint_trajectory as adjoint_trajectory,
+    check_cell as check_cell,
+    coverage_table as coverage_table,
+    dynamics_gradient as dynamics_gradient,
     equilibrium as equilibrium,
     equilibrium_loss as equilibrium_loss,
     fixed_point_map as fixed_point_map,
     implicit_adjoint as implicit_adjoint,
+    learning_signal as learning_signal,
+    local_jacobian as local_jacobian,
+    make_gradient as make_gradient,
     spectral_radius_estimate as spectral_radius_estimate,
+    step_keys as step_keys,
+    structured_jacobians as structured_jacobians,
+    unit_influence as unit_influence,
 )
 
 __version__ = importlib.metadata.version("rnnode")

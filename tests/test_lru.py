@@ -125,7 +125,7 @@ def test_online_rtrl_and_layer_local_are_exact(getkey):
         for a, b in zip(jax.tree.leaves(g_sum), jax.tree.leaves(g_ref), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
     # the traces are O(n m): no (state, parameters) matrix
-    sizes = [a.size for a in jax.tree.leaves(rn.RTRL().init(model).P)]
+    sizes = [a.size for a in jax.tree.leaves(rn.RTRL().init(model).trace)]
     assert sum(sizes) == 4 + 4 + 4 * M
 
 

@@ -142,8 +142,8 @@ def test_stochastic_key_lives_in_the_state(getkey):
     t1, _, h1 = uoro.step(model, uoro.init(model, key=jr.PRNGKey(8)), xs[0], ys[0])
     t2, _, h2 = uoro.step(model, t1, xs[1], ys[1])
     assert not jnp.allclose(flat(g2), flat(h2))
-    # deterministic methods carry no key
-    assert rn.SnAp().init(model, key=jr.PRNGKey(0)).key is None
+    # every method carries a key (for the dynamics' noise, and resets)
+    assert rn.SnAp().init(model, key=jr.PRNGKey(0)).key.shape == (2,)
 
 
 def test_rtrl_shares_the_online_interface(getkey):
@@ -151,7 +151,7 @@ def test_rtrl_shares_the_online_interface(getkey):
     for method in (rn.RTRL(), *METHODS.values()):
         assert isinstance(method, rn.AbstractOnlineGradient)
     state = rn.RTRL().init(model, key=jr.PRNGKey(0))
-    assert isinstance(state, rn.RTRLState)
+    assert isinstance(state, rn.OnlineState)
 
 
 def test_errors(getkey):
@@ -188,7 +188,7 @@ def test_errors(getkey):
         )
     state = rn.SnAp().init(make("elman", getkey()))
     with pytest.raises(ValueError, match="needs the `OnlineState`"):
-        rn.SnAp().step(model, rn.RTRL().init(model), xs[0], ys[0])
+        rn.SnAp().step(model, rn.RTRL().init(model).h, xs[0], ys[0])
     with pytest.raises(ValueError, match=r"`x_t` must have shape \(2,\)"):
         rn.SnAp().step(make("elman", getkey()), state, jnp.zeros(3), ys[0])
 

@@ -235,7 +235,7 @@ def test_linear_example_reproduces_the_seed_pseudocode():
     state = rtrl.init(model)
     for x, y in zip(xs, ys, strict=True):
         state, _, g = rtrl.step(model, state, np.array([x]), np.array([y]))
-    assert float(state.P.dynamics.w[0]) == p  # the sensitivity p_t itself
+    assert float(state.trace.dynamics.w[0]) == p  # the sensitivity p_t itself
 
 
 def _rtrl_temp_bytes(model, T, block=1):
@@ -280,7 +280,7 @@ def test_memory_does_not_grow_with_sequence_length_any_integrator(integrator, ge
 
 def test_unrolled_scan(getkey, monkeypatch):
     """Large sensitivities are scanned two steps at a time; an odd length too."""
-    import rnnode.gradients._rtrl as rtrl_module
+    import rnnode.gradients._rtrl_sequence as rtrl_module
 
     monkeypatch.setattr(rtrl_module, "_UNROLL_MIN_SIZE", 0)
     model = zoo_model("elman", getkey())

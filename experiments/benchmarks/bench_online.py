@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from online_floor import floor_chunk, snap2_layout
 
 import rnnode as rn
 
@@ -52,20 +53,10 @@ INPUTS = 2
 
 
 def make_method(name):
-    """The strategy, or `None` when this version of rnnode lacks it."""
-    make = {
-        "RTRL": lambda: rn.RTRL(),
-        "SnAp-1": lambda: rn.SnAp(order=1),
-        "SnAp-2": lambda: rn.SnAp(order=2),
-        "UORO": lambda: rn.UORO(),
-        "KF-RTRL": lambda: rn.KFRTRL(),
-        "RFLO": lambda: rn.RFLO(),
-        "e-prop": lambda: rn.EProp(),
-    }[name]
-    try:
-        return make()
-    except AttributeError:
-        return None
+    """The strategy of a display name of `rn.GRADIENT_VARIANTS` (the one table of
+    methods), or `None` when this version of rnnode lacks it."""
+    make = getattr(rn, "make_gradient", None)
+    return None if make is None else make(name)
 
 
 def make_model(n, density, seed=0):
@@ -184,13 +175,25 @@ def measure(n, density, names, args):
             rows[name]["skipped"] = f"state {mib}"
         else:
             fns[name] = (jax.jit(chunk), (params, state, xs, ys))
+    if args.floor:  # each rule's irreducible work as plain JAX ops
+        for name in list(fns):
+            if name == REF:
+                continue
+            layout = snap2_layout(model) if name == "SnAp-2" else None
+            chunk, f_args = floor_chunk(name, model, layout)
+            fns[f"floor:{name}"] = (jax.jit(chunk), (*f_args, xs, ys))
     for name, (f, f_args) in fns.items():
         med, best = own_times(f, f_args, args.repeats, args.budget)
+        if name.startswith("floor:"):
+            rows[name[6:]]["floor_min"] = 1e6 * best / args.chunk
+            continue
         rows[name]["us"] = 1e6 * med / args.chunk
         rows[name]["us_min"] = 1e6 * best / args.chunk
     for name, row in rows.items():
         if "us" in row:
             what = f"{row['us']:10.1f} us/step (min {row['us_min']:.1f})"
+            if "floor_min" in row:
+                what += f" floor {row['floor_min']:.1f}"
         else:
             what = row.get("skipped") or row.get("error") or "not in this rnnode"
         mem = (
@@ -241,6 +244,12 @@ def main(argv=None):
         type=float,
         default=128.0,
         help="do not run a method whose online state is larger (compile only)",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time each rule's irreducible work as plain JAX ops "
+        "(online_floor.py) and write the ratios to online_floor_<device>.md",
     )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
@@ -333,13 +342,60 @@ def main(argv=None):
         lines.append(
             f"| SnAp-2 (density {sparse:g}) ≥ 10× faster than RTRL | {text} | {met} |"
         )
+    if args.floor:
+        lines = floor_report(results, args, sizes, kind, cpu, dev)
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"online_{dev.platform}.md"
+    stem = "online_floor" if args.floor else "online"
+    path = args.out / f"{stem}_{dev.platform}.md"
     path.write_text(text)
     print("\n" + text)
     print(f"(written to {path})")
     return 0
+
+
+def floor_report(results, args, sizes, kind, cpu, dev):
+    """The table of each rule against its floor (`online_floor.py`)."""
+    lines = [
+        f"# Online rules against their floor ({dev.platform})",
+        "",
+        f"Device: {dev.platform}, {kind}, {len(os.sched_getaffinity(0))} core(s) "
+        f"usable, shared with other jobs (loaded); jax {jax.__version__}; float32; "
+        f"Elman RNN with {INPUTS} inputs, linear readout to 2 outputs, one stream, "
+        "mse. Each rule's step (`method.step`, state, trace, loss and gradient) "
+        "and its floor (the irreducible work of the step as plain JAX ops: the "
+        "forward step, one read and one write of the trace, the gradient's "
+        "accumulation, UORO's two extra matrix-vector products, KF-RTRL's n × n by "
+        "n × n product, RTRL's `J P`; see `experiments/benchmarks/online_floor.py`) "
+        f"are timed in compiled scans of {args.chunk} steps, up to {args.repeats} "
+        f"calls or {args.budget:g} s each; the table gives the minima (µs per "
+        f"step). The run took {cpu:.0f} s of CPU time. Target: ≤ 1.5× the floor.",
+        "",
+        "Command: `python experiments/benchmarks/bench_online.py --floor --sizes "
+        + " ".join(map(str, sizes))
+        + " --densities "
+        + " ".join(map(str, args.densities))
+        + f" --chunk {args.chunk} --repeats {args.repeats} --budget {args.budget}`",
+        "",
+        "| density | n | rule | µs/step (min) | floor µs/step (min) | × floor | ≤ 1.5× |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in args.densities:
+        for n in sizes:
+            for name, row in results[d][n].items():
+                if name == REF:
+                    continue
+                if "us_min" in row and "floor_min" in row:
+                    r = row["us_min"] / row["floor_min"]
+                    lines.append(
+                        f"| {d:g} | {n} | {name} | {row['us_min']:.1f} | "
+                        f"{row['floor_min']:.1f} | {r:.2f}× | "
+                        f"{'yes' if r <= 1.5 else 'no'} |"
+                    )
+                else:
+                    why = row.get("skipped") or row.get("error") or "not run"
+                    lines.append(f"| {d:g} | {n} | {name} | {why} | | | |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -18,13 +18,7 @@ from .._losses import mse
 from .._model import Model
 from .._sequence import check_sequence, sequence_loss
 from ..gradients._base import AbstractGradient, Autodiff
-from ..gradients._bptt import BPTT
-from ..gradients._eprop import EProp
-from ..gradients._kf_rtrl import KFRTRL
-from ..gradients._rflo import RFLO
-from ..gradients._rtrl import RTRL
-from ..gradients._snap import SnAp
-from ..gradients._uoro import UORO
+from ..gradients._table import GRADIENT_VARIANTS, make_gradient
 from ._common import new_figure, to_json
 
 ALL = "all"
@@ -311,20 +305,9 @@ def alignment_methods() -> dict[str, AbstractGradient]:
     gradient: exact RTRL and BPTT (a check: cosine 1), truncated BPTT with 1 and
     10 steps, and the approximate online methods (SnAp-1, SnAp-2, UORO, KF-RTRL,
     RFLO with symmetric and with random feedback, e-prop; the stochastic ones
-    with their default seed)."""
-    return {
-        "RTRL": RTRL(),
-        "BPTT": BPTT(),
-        "BPTT(truncate=1)": BPTT(truncate=1),
-        "BPTT(truncate=10)": BPTT(truncate=10),
-        "SnAp-1": SnAp(order=1),
-        "SnAp-2": SnAp(order=2),
-        "UORO": UORO(),
-        "KF-RTRL": KFRTRL(),
-        "RFLO": RFLO(),
-        "RFLO(random)": RFLO(feedback="random"),
-        "e-prop": EProp(),
-    }
+    with their default seed): `rnnode.GRADIENT_VARIANTS`, the one table of
+    methods."""
+    return {name: make_gradient(name) for name in GRADIENT_VARIANTS}
 
 
 def method_name(method: AbstractGradient) -> str:
@@ -333,6 +316,8 @@ def method_name(method: AbstractGradient) -> str:
     options = []
     for field in dataclasses.fields(method):
         value = getattr(method, field.name)
+        if isinstance(value, jax.Array) and value.ndim == 0:
+            value = value.item()  # a seed, kept as data
         if not isinstance(value, (bool, int, float, str)) and value is not None:
             continue
         if field.default is not dataclasses.MISSING and value == field.default:

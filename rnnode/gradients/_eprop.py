@@ -3,7 +3,7 @@
 import equinox as eqx
 
 from ._eligibility import AbstractEligibilityGradient
-from ._online import ALL_CELLS, check_cell
+from ._rule_helpers import check_coverage, seed_array
 
 
 class EProp(AbstractEligibilityGradient):
@@ -41,7 +41,10 @@ class EProp(AbstractEligibilityGradient):
     """
 
     feedback: str = eqx.field(static=True, default="symmetric")
-    seed: int = eqx.field(static=True, default=0)
+    seed: int = eqx.field(default=0, converter=seed_array)
 
-    def _validate(self, params):
-        check_cell("EProp", params, ALL_CELLS, "Use `UORO()` for any other step.")
+    def validate(self, model):
+        check_coverage("EProp", "EProp", model, "Use `UORO()` for any other step.")
+
+    def decay(self, model):
+        return None

@@ -4,15 +4,15 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._cells import ElmanRNN
-from .._dynamics import CTRNN
-from ._online import (
-    AbstractTraceGradient,
-    check_cell,
-    check_seed,
-    dynamics_leaves,
-)
 from ._rtrl_structured import add_immediate, mask_gradient, structured_jacobians
+from ._rule_helpers import (
+    check_coverage,
+    check_seed,
+    dynamics_fields,
+    dynamics_gradient,
+    seed_array,
+)
+from ._trace import AbstractTraceGradient
 
 _LAYER = ("W", "U", "b")
 
@@ -48,34 +48,36 @@ class KFRTRL(AbstractTraceGradient):
       key); default 0.
     """
 
-    seed: int = eqx.field(static=True, default=0)
+    seed: int = eqx.field(default=0, converter=seed_array)
     stochastic = True
 
     def __check_init__(self):
         check_seed("KFRTRL", self.seed)
 
-    def _validate(self, params):
-        check_cell(
+    def validate(self, model):
+        check_coverage(
             "KFRTRL",
-            params,
-            (ElmanRNN, CTRNN),
+            "KFRTRL",
+            model,
             "Its immediate Jacobian must factor as `u ⊗ D`; use `UORO()` or "
             "`SnAp(order=1)` for other cells.",
         )
 
-    def _init_trace(self, params, h, inp):
-        _, imm = structured_jacobians(params, h, *inp)
+    def init_trace(self, model, h, inputs):
+        params = model
+        _, imm = structured_jacobians(params, h, *inputs)
         n = h.shape[0]
         dtype = imm["W"].vals.dtype
         k = sum(_width(imm[name]) for name in _LAYER)
         exact = {
             name: jnp.zeros((n, *imm[name].vals.shape[1:]), dtype)
-            for name in dynamics_leaves(params)
+            for name in dynamics_fields(params)
             if name not in _LAYER
         }
         return jnp.zeros((k,), dtype), jnp.zeros((n, n), dtype), exact
 
-    def _advance(self, step, params, h, trace, key, inp):
+    def advance(self, step, model, h, trace, key, inputs):
+        params, inp = model, inputs
         u, A, exact = trace
         J, imm = structured_jacobians(params, h, *inp)
         J = J.astype(A.dtype)
@@ -100,10 +102,10 @@ class KFRTRL(AbstractTraceGradient):
         widths = [_width(imm[name]) for name in _LAYER]
         return step(params, h, inp), (u, A, exact), widths
 
-    def _gradient(self, params, trace, aux, dh, h, y, loss):
+    def gradient(self, model, trace, aux, dh, h, y, loss):
         del h, y, loss
+        params = model
         u, A, exact = trace
-        index = dynamics_leaves(params)
         lam = dh.astype(A.dtype) @ A  # (n,): ∂l/∂h A
         out, start = {}, 0
         for name, w in zip(_LAYER, aux, strict=True):
@@ -111,11 +113,11 @@ class KFRTRL(AbstractTraceGradient):
             g = lam[:, None] * part[None, :]
             if name == "b":
                 g = g[:, 0]
-            out[index[name]] = mask_gradient(params.dynamics, name, g)
+            out[name] = mask_gradient(params.dynamics, name, g)
             start += w
         for name, P in exact.items():
-            out[index[name]] = jnp.tensordot(dh.astype(P.dtype), P, axes=1)
-        return out
+            out[name] = jnp.tensordot(dh.astype(P.dtype), P, axes=1)
+        return dynamics_gradient(params, out)
 
 
 def _width(rows) -> int:

@@ -2,10 +2,8 @@
 
 import equinox as eqx
 
-from .._cells import ElmanRNN
-from .._dynamics import CTRNN
 from ._eligibility import AbstractEligibilityGradient
-from ._online import check_cell
+from ._rule_helpers import check_coverage, seed_array
 
 
 class RFLO(AbstractEligibilityGradient):
@@ -29,6 +27,12 @@ class RFLO(AbstractEligibilityGradient):
       readout's shape, entries uniform on `±√(3/n)` (variance `1/n`, `n` observed units), drawn from
       `jr.PRNGKey(seed)` (Murray's random feedback).
 
+    With `trace_tau`, the traces decay with a time constant of their own,
+    independent of the network's leak (as in some studies of RFLO):
+    `e ← (1 - dt/trace_tau) e + I_t` with `I_t` the immediate term above (`dt = 1`
+    for an `ElmanRNN`); `trace_tau = τ` on a `CTRNN` of one time constant `τ` is
+    the default rule.
+
     The readout's own gradient is exact. One number per parameter, time `O(m)` per
     step besides the step itself. Biased (it ignores the recurrent credit
     assignment). Defined for `CTRNN` with `Euler` and `ElmanRNN`; for `LSTM` and
@@ -38,12 +42,31 @@ class RFLO(AbstractEligibilityGradient):
 
     - `feedback`: `"symmetric"` or `"random"`.
     - `seed`: the seed of the random feedback matrix; default 0.
+    - `trace_tau`: the traces' own time constant (in the model's time units), or
+      `None` (default) for the network's leak.
     """
 
     feedback: str = eqx.field(static=True, default="symmetric")
-    seed: int = eqx.field(static=True, default=0)
+    seed: int = eqx.field(default=0, converter=seed_array)
+    trace_tau: float | None = eqx.field(static=True, default=None)
 
-    def _validate(self, params):
-        check_cell(
-            "RFLO", params, (ElmanRNN, CTRNN), "Use `EProp()` for `LSTM` and `GRU`."
-        )
+    def __check_init__(self):
+        tau = self.trace_tau
+        if tau is not None and (
+            isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau <= 0
+        ):
+            raise ValueError(
+                f"`RFLO(trace_tau={tau!r})`: `trace_tau` must be a positive number "
+                "(or `None` for the network's own leak)"
+            )
+
+    def validate(self, model):
+        check_coverage("RFLO", "RFLO", model, "Use `EProp()` for `LSTM` and `GRU`.")
+        if self.trace_tau is not None and self.trace_tau < model.dt:
+            raise ValueError(
+                f"`RFLO(trace_tau={self.trace_tau})` must be at least the step "
+                f"`dt = {model.dt}` (the traces would change sign)"
+            )
+
+    def decay(self, model):
+        return None if self.trace_tau is None else 1.0 - model.dt / self.trace_tau

@@ -6,19 +6,19 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ._online import (
-    ALL_CELLS,
-    AbstractTraceGradient,
-    check_cell,
-    dynamics_leaves,
-    feedback_signal,
-)
 from ._rtrl_structured import (
     local_jacobian,
     mask_gradient,
     recurrent_mask,
     structured_jacobians,
 )
+from ._rule_helpers import (
+    check_coverage,
+    dynamics_fields,
+    dynamics_gradient,
+    learning_signal,
+)
+from ._trace import AbstractTraceGradient
 
 
 class SnAp(AbstractTraceGradient):
@@ -27,7 +27,8 @@ class SnAp(AbstractTraceGradient):
     approximation", ICLR).
 
     A weight `A_jl` of the pre-activation `z_j` reaches, in one step, the units `z_j`
-    drives (unit `j`; for an LSTM `h_j` and `C_j`), and in two steps every unit
+    drives (unit `j`; for an LSTM the pair `h_j`, `C_j`, kept together for
+    every gate, the output gate's too), and in two steps every unit
     those connect to. SnAp-n keeps `P_t = ∂h_t/∂θ` only on the units `n` steps
     reach and drops the rest after every step:
 
@@ -68,26 +69,26 @@ class SnAp(AbstractTraceGradient):
                 "for the exact influence matrix)"
             )
 
-    def _validate(self, params):
-        check_cell(
+    def validate(self, model):
+        check_coverage(
+            "SnAp",
             f"SnAp(order={self.order})",
-            params,
-            ALL_CELLS,
+            model,
             "Use `UORO()` for any other step.",
         )
 
-    def _init_trace(self, params, h, inp):
-        return init_unit_traces(params, h, inp, self.order)
+    def init_trace(self, model, h, inputs):
+        return init_unit_traces(model, h, inputs, self.order)
 
-    def _advance(self, step, params, h, trace, key, inp):
+    def advance(self, step, model, h, trace, key, inputs):
         del key
-        J, imm = structured_jacobians(params, h, *inp)
-        trace, patterns = advance_unit_traces(params, J, imm, trace, self.order)
-        return step(params, h, inp), trace, patterns
+        J, imm = structured_jacobians(model, h, *inputs)
+        trace, patterns = advance_unit_traces(model, J, imm, trace, self.order)
+        return step(model, h, inputs), trace, patterns
 
-    def _gradient(self, params, trace, aux, dh, h, y, loss):
+    def gradient(self, model, trace, aux, dh, h, y, loss):
         del h, y, loss
-        return unit_gradient(params, trace, aux, dh)
+        return dynamics_gradient(model, unit_gradient(model, trace, aux, dh))
 
 
 # --------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def unit_layout(params, name: str, rows: np.ndarray, order: int) -> Layout:
 def init_unit_traces(params, h, inp, order):
     _, imm = structured_jacobians(params, h, *inp)
     traces = {}
-    for name in dynamics_leaves(params):
+    for name in dynamics_fields(params):
         r = imm[name]
         lay = unit_layout(params, name, r.rows, order)
         shape = lay.idx.shape
@@ -193,8 +194,7 @@ def advance_unit_traces(params, J, imm, traces, order):
 
 
 def unit_gradient(params, traces, layouts, dh):
-    """`∂l/∂h · P̂` for every trace, by leaf index (`dh` may be a learning signal)."""
-    index = dynamics_leaves(params)
+    """`∂l/∂h · P̂` for every trace, by field name (`dh` may be a learning signal)."""
     out = {}
     for name, P in traces.items():
         lay = layouts[name]
@@ -209,20 +209,24 @@ def unit_gradient(params, traces, layouts, dh):
             g = g * jnp.asarray(lay.cvalid, g.dtype)
             full = jnp.zeros(params.dynamics.W.shape, g.dtype)
             g = full.at[np.arange(g.shape[0])[:, None], lay.cols].add(g)
-        out[index[name]] = mask_gradient(params.dynamics, name, g)
+        out[name] = mask_gradient(params.dynamics, name, g)
     return out
 
 
-def eligibility_advance(step, params, h, traces, inp):
-    """One step of RFLO / e-prop traces: SnAp-1 with the local Jacobian."""
+def eligibility_advance(step, params, h, traces, inp, decay=None):
+    """One step of RFLO / e-prop traces: SnAp-1 with the local Jacobian (or, with
+    `decay`, the local Jacobian `decay · I` of a trace time constant of its own)."""
     t, x, x_next = inp
     J, imm = structured_jacobians(params, h, t, x, x_next)
-    J = local_jacobian(params, J, h, x)
+    if decay is None:
+        J = local_jacobian(params, J, h, x)
+    else:
+        J = jnp.eye(J.shape[0], dtype=J.dtype) * jnp.asarray(decay, J.dtype)
     traces, patterns = advance_unit_traces(params, J, imm, traces, 1)
     return step(params, h, inp), traces, patterns
 
 
 def eligibility_gradient(feedback, seed, params, traces, patterns, dh, h, y, loss):
     """The learning signal times the eligibility traces."""
-    signal = feedback_signal(feedback, seed, params, dh, h, y, loss)
-    return unit_gradient(params, traces, patterns, signal)
+    signal = learning_signal(params, dh, h, y, loss, feedback=feedback, seed=seed)
+    return dynamics_gradient(params, unit_gradient(params, traces, patterns, signal))

@@ -7,8 +7,8 @@ import jax.random as jr
 
 from .._integrate import Diffrax
 from .._model import Model
-from ._online import AbstractTraceGradient, _rebuild, check_seed
-from ._rtrl import _in_dynamics, _in_integrator
+from ._rule_helpers import check_coverage, check_seed, seed_array
+from ._trace import AbstractTraceGradient
 
 
 class UORO(AbstractTraceGradient):
@@ -42,22 +42,24 @@ class UORO(AbstractTraceGradient):
       key); default 0.
     """
 
-    seed: int = eqx.field(static=True, default=0)
+    seed: int = eqx.field(default=0, converter=seed_array)
     stochastic = True
 
     def __check_init__(self):
         check_seed("UORO", self.seed)
 
-    def _validate(self, params):
-        del params  # any step
+    def validate(self, model):
+        check_coverage("UORO", "UORO", model, "")  # any step
 
-    def _init_trace(self, params, h, inp):
-        del inp
+    def init_trace(self, model, h, inputs):
+        del inputs
+        params = model
         leaves = jax.tree_util.tree_leaves(params)
         theta = {i: jnp.zeros_like(leaves[i]) for i in _tracked(params)}
         return jnp.zeros_like(h), theta
 
-    def _advance(self, step, params, h, trace, key, inp):
+    def advance(self, step, model, h, trace, key, inputs):
+        params, inp = model, inputs
         h_tilde, theta = trace
         leaves, treedef = jax.tree_util.tree_flatten(params)
         idx = list(theta)
@@ -87,11 +89,15 @@ class UORO(AbstractTraceGradient):
         }
         return h_new, (h_tilde, theta), None
 
-    def _gradient(self, params, trace, aux, dh, h, y, loss):
-        del params, aux, h, y, loss
+    def gradient(self, model, trace, aux, dh, h, y, loss):
+        del aux, h, y, loss
         h_tilde, theta = trace
         s = jnp.dot(dh, h_tilde.astype(dh.dtype))
-        return {i: s.astype(t.dtype) * t for i, t in theta.items()}
+        leaves, treedef = jax.tree_util.tree_flatten(model)
+        grads = [None] * len(leaves)
+        for i, t in theta.items():
+            grads[i] = s.astype(t.dtype) * t
+        return jax.tree_util.tree_unflatten(treedef, grads)
 
 
 def _tracked(params) -> list[int]:
@@ -101,7 +107,18 @@ def _tracked(params) -> list[int]:
     arrays = [i for i, (_, v) in enumerate(flat) if eqx.is_inexact_array(v)]
     if not isinstance(params, Model):
         return arrays
-    return [i for i in arrays if _in_dynamics(flat[i][0]) or _in_integrator(flat[i][0])]
+    return [i for i in arrays if _field(flat[i][0]) in ("dynamics", "integrator")]
+
+
+def _field(path):
+    return getattr(path[0], "name", None) if path else None
+
+
+def _rebuild(treedef, leaves, idx, sub):
+    leaves = list(leaves)
+    for i, v in zip(idx, sub, strict=True):
+        leaves[i] = v
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _norm(xs) -> jax.Array:
