@@ -307,29 +307,17 @@ def measure(run_dir: Path, rule: str, b: dict) -> dict:
 
 
 def _online(method) -> bool:
-    return hasattr(method, "init") and hasattr(method, "step")
+    import rnnode as rn
+
+    return isinstance(method, rn.AbstractOnlineGradient)
 
 
 def _method(section):
-    """The gradient method of a config's `gradient:` section."""
+    """The gradient method of a config's `gradient:` section (`name` and the
+    method's options), from rnnode's one table of names."""
     import rnnode as rn
 
-    g = section.model_dump() if hasattr(section, "model_dump") else dict(section)
-    name = g.pop("name")
-    g = {k: v for k, v in g.items() if v is not None}
-    make = {
-        "rtrl": rn.RTRL,
-        "snap": rn.SnAp,
-        "uoro": rn.UORO,
-        "kf_rtrl": rn.KFRTRL,
-        "rflo": rn.RFLO,
-        "eprop": rn.EProp,
-        "bptt": rn.BPTT,
-    }[name]
-    import inspect
-
-    known = inspect.signature(make).parameters
-    return make(**{k: v for k, v in g.items() if k in known})
+    return rn.make_gradient(section.name, **section.options)
 
 
 def _curve(run_dir: Path, metric: str) -> list[list[float]]:
@@ -407,6 +395,14 @@ def figure(board: dict, path: Path) -> None:
             steps = [c[0] for c in curves[0][:n]]
             mean = np.mean([[c[1] for c in cv[:n]] for cv in curves], axis=0)
             ax.plot(steps, mean, marker=".", label=RULES[rule][0])
+        if task == "add":  # the floors of the Add task, from its metrics
+            from rnnode.data import make_task
+
+            small = make_task("add", {"num_steps": 20})
+            zeros = np.zeros((*small.test.ys.shape, 2))
+            floors = small.metrics(zeros, small.test)
+            for name, style in (("floor_nothing", ":"), ("floor_first", "--")):
+                ax.axhline(floors[name], color="k", ls=style, lw=0.8, label=name)
         ax.set_title(task)
         ax.set_xlabel("online step")
         ax.set_ylabel(f"validation {metric_of(task)}")
