@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    from rnnode.train import ConfigError, load_config, train
-    from rnnode.train._config import resolve_config_path
-    from rnnode.train._metrics import read_losses
+    from rnnode.train import ConfigError, load_config, read_losses, train
+    from rnnode.train.config import resolve_config_path
 
     config = args.config
     if not Path(config).exists():

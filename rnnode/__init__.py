@@ -8,9 +8,14 @@ from ._dynamics import (
     CTRNN as CTRNN,
     AbstractCell as AbstractCell,
     AbstractDynamics as AbstractDynamics,
+    AbstractSequenceCell as AbstractSequenceCell,
     AbstractVectorField as AbstractVectorField,
     DampedOscillator as DampedOscillator,
     LinearExample as LinearExample,
+)
+from ._equilibrium import (
+    equilibrium as equilibrium,
+    equilibrium_loss as equilibrium_loss,
 )
 from ._integrate import (
     RK4 as RK4,
@@ -25,6 +30,7 @@ from ._iterative import (
     iterative_inverse as iterative_inverse,
     neumann_solve as neumann_solve,
 )
+from ._linear import Linear as Linear
 from ._losses import (
     cross_entropy as cross_entropy,
     integral_weights as integral_weights,
@@ -33,11 +39,16 @@ from ._losses import (
     mse as mse,
     uniform_weights as uniform_weights,
 )
-from ._lru import LRU as LRU, AbstractSequenceCell as AbstractSequenceCell
-from ._model import Linear as Linear, Model as Model
+from ._lru import LRU as LRU
+from ._model import Model as Model
 from ._nn_ode import NNODESolution as NNODESolution, solve_ode_nn as solve_ode_nn
 from ._sequence import sequence_loss as sequence_loss
 from ._stack import Stack as Stack
+from .analysis import (
+    adjoint_trajectory as adjoint_trajectory,
+    implicit_adjoint as implicit_adjoint,
+    spectral_radius_estimate as spectral_radius_estimate,
+)
 from .gradients import (
     BPTT as BPTT,
     GRADIENT_VARIANTS as GRADIENT_VARIANTS,
@@ -67,18 +78,13 @@ from .gradients import (
     Rows as Rows,
     SnAp as SnAp,
     Unrolled as Unrolled,
-    adjoint_trajectory as adjoint_trajectory,
     check_cell as check_cell,
     coverage_table as coverage_table,
     dynamics_gradient as dynamics_gradient,
-    equilibrium as equilibrium,
-    equilibrium_loss as equilibrium_loss,
     fixed_point_map as fixed_point_map,
-    implicit_adjoint as implicit_adjoint,
     learning_signal as learning_signal,
     local_jacobian as local_jacobian,
     make_gradient as make_gradient,
-    spectral_radius_estimate as spectral_radius_estimate,
     step_keys as step_keys,
     structured_jacobians as structured_jacobians,
     unit_influence as unit_influence,

@@ -59,6 +59,24 @@ class AbstractCell(AbstractDynamics):
         """The next state from the previous state `h` and the input `x`."""
 
 
+class AbstractSequenceCell(AbstractCell):
+    """A cell that can also run a whole sequence at once.
+
+    `sequence(h0, xs)` returns the states `h_1 … h_T` that `T` calls of the cell
+    would give. `Model.rollout` and `sequence_loss` (with `gradient=Autodiff()`) use
+    it instead of stepping when `parallel` is true; every other gradient method
+    steps the cell one input at a time, as always.
+    """
+
+    parallel: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def sequence(
+        self, h0: Float[Array, " state"], xs: Float[Array, "time input"]
+    ) -> Float[Array, "time state"]:
+        """The states after each input of the time-major sequence `xs`."""
+
+
 class Mask:
     """A fixed sparsity pattern of a recurrent weight matrix: `array[i, j]` is true
     where unit `j` may drive unit `i`.

@@ -61,7 +61,7 @@ class Heun(AbstractIntegrator):
 
     def step(self, field, t, y, x, x_next):
         h = self.dt
-        x1 = _input_at(self.interpolation, 1.0, x, x_next)
+        x1 = input_at(self.interpolation, 1.0, x, x_next)
         k1 = field(t, y, x)
         k2 = field(t + h, y + h * k1, x1)
         return y + 0.5 * h * (k1 + k2)
@@ -78,8 +78,8 @@ class RK4(AbstractIntegrator):
 
     def step(self, field, t, y, x, x_next):
         h = self.dt
-        xm = _input_at(self.interpolation, 0.5, x, x_next)
-        x1 = _input_at(self.interpolation, 1.0, x, x_next)
+        xm = input_at(self.interpolation, 0.5, x, x_next)
+        x1 = input_at(self.interpolation, 1.0, x, x_next)
         k1 = field(t, y, x)
         k2 = field(t + 0.5 * h, y + 0.5 * h * k1, xm)
         k3 = field(t + 0.5 * h, y + 0.5 * h * k2, xm)
@@ -126,7 +126,7 @@ class Diffrax(AbstractIntegrator):
         def vf(s, y, args):
             field, t0, x, x_next = args
             c = (s - t0) / dt
-            return field(s, y, _input_at(interpolation, c, x, x_next))
+            return field(s, y, input_at(interpolation, c, x, x_next))
 
         dt0 = self.dt0
         if dt0 is None and isinstance(
@@ -149,7 +149,9 @@ class Diffrax(AbstractIntegrator):
         return sol.ys[-1]
 
 
-def _input_at(interpolation, c, x, x_next):
+def input_at(interpolation, c, x, x_next):
+    """The input at the fraction `c` of a step from `x` to `x_next`: `x` when
+    held `constant`, the straight line between them when `linear`."""
     if interpolation == "constant":
         return x
     return x + c * (x_next - x)

@@ -2,7 +2,6 @@
 recurrence, held as one flat real state, with a whole-sequence path that runs in
 parallel over time by `jax.lax.associative_scan`."""
 
-import abc
 import math
 
 import equinox as eqx
@@ -11,25 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
-from ._dynamics import AbstractCell, _check_size
-
-
-class AbstractSequenceCell(AbstractCell):
-    """A cell that can also run a whole sequence at once.
-
-    `sequence(h0, xs)` returns the states `h_1 … h_T` that `T` calls of the cell
-    would give. `Model.rollout` and `sequence_loss` (with `gradient=Autodiff()`) use
-    it instead of stepping when `parallel` is true; every other gradient method
-    steps the cell one input at a time, as always.
-    """
-
-    parallel: eqx.AbstractVar[bool]
-
-    @abc.abstractmethod
-    def sequence(
-        self, h0: Float[Array, " state"], xs: Float[Array, "time input"]
-    ) -> Float[Array, "time state"]:
-        """The states after each input of the time-major sequence `xs`."""
+from ._dynamics import AbstractSequenceCell, _check_size
 
 
 class LRU(AbstractSequenceCell):

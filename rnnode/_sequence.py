@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._losses import mse
 from ._model import Model, check_inputs
-from .gradients._base import (
+from .gradients import (
     AbstractBatchGradient,
     AbstractGradient,
     AbstractStepwiseGradient,

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
-from ._dynamics import AbstractDynamics, AbstractVectorField
+from ._dynamics import AbstractDynamics, AbstractSequenceCell, AbstractVectorField
 from ._integrate import AbstractIntegrator
-from ._lru import LRU, AbstractSequenceCell
-from ._model import Linear
+from ._linear import Linear
+from ._lru import LRU
 
 _MIXINGS = ("glu", "mlp")
 _NORMS = ("pre", "post", "none")

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from rnnode import __version__
+    from importlib.metadata import version
+
+    __version__ = version("rnnode")
 
     p.add_argument("--version", action="version", version=f"rnnode {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -167,9 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         "noise (default 64)",
     )
 
-    from .sweep._command import add_parser as add_sweep
+    from .sweep import add_sweep_parser
 
-    add_sweep(sub, overrides_help)
+    add_sweep_parser(sub, overrides_help)
 
     c = sub.add_parser(
         "config",
@@ -186,7 +188,7 @@ def _err(msg: str) -> None:
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    from .train._config import ConfigError
+    from .train.config import ConfigError
 
     config = None
     overrides = []
@@ -213,8 +215,7 @@ def _metrics_line(test: dict) -> str:
 
 
 def _cmd_train(args) -> int:
-    from .train import load_config, train
-    from .train._saved import load_run_config
+    from .train import load_config, load_run_config, train
 
     if args.command == "resume":
         run_dir = Path(args.run_dir)
@@ -223,7 +224,7 @@ def _cmd_train(args) -> int:
             return EXIT_ERROR
         cfg = load_run_config(run_dir)
         if args.overrides:
-            from .train._config import apply_overrides, dump_config, validate_config
+            from .train.config import apply_overrides, dump_config, validate_config
 
             raw = apply_overrides(dump_config(cfg), list(args.overrides))
             cfg = validate_config(raw)
@@ -257,8 +258,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .train import evaluate
-    from .train._environment import format_environment
+    from .train import evaluate, format_environment
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -266,7 +266,7 @@ def _cmd_eval(args) -> int:
         return EXIT_ERROR
     result = evaluate(run_dir)
     if args.json:
-        from .train._metrics import to_json
+        from .train import to_json
 
         print(to_json(result, indent=2))
         return EXIT_OK
@@ -286,7 +286,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from .train._config import builtin_config_dir, builtin_configs, parse_yaml
+    from .train.config import builtin_config_dir, builtin_configs, parse_yaml
 
     print("Built-in configs (rnnode train NAME, or a copy from configs/):")
     for name, path in builtin_configs().items():
@@ -298,20 +298,16 @@ def _cmd_list(args) -> int:
     print(f"  (in {builtin_config_dir()})")
     print()
     print("Tasks (task.name):")
-    try:
-        from rnnode import data
+    from . import data
 
-        tasks = data.list_tasks()
-    except ImportError:
-        tasks = []
+    tasks = data.list_tasks()
     for name, desc in tasks:
         print(f"  {name:<18} {desc}")
     return EXIT_OK
 
 
 def _cmd_config(args) -> int:
-    from .train import load_config
-    from .train._config import config_to_yaml
+    from .train.config import config_to_yaml, load_config
 
     config, overrides = _split_args(args.args)
     cfg = load_config(config, overrides)
@@ -320,11 +316,8 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_analyse(args) -> int:
-    try:
-        from rnnode import analysis
-    except ImportError as e:
-        _err(f"rnnode.analysis is not available: {e}")
-        return EXIT_ERROR
+    from . import analysis
+
     choices = list(getattr(analysis, "ANALYSES", []))
     if args.what == "list":
         print("Analyses: " + ", ".join(choices))
@@ -345,8 +338,7 @@ def _cmd_analyse(args) -> int:
     if not (run_dir / "config.yaml").is_file():
         _err(f"{run_dir} is not an rnnode run (no config.yaml)")
         return EXIT_ERROR
-    from .train import load_run
-    from .train._build import _dtype, _x64_context
+    from .train import load_run, run_dtype, step_loss, x64_context
 
     model, cfg, task = load_run(run_dir)
     options = {}
@@ -359,15 +351,13 @@ def _cmd_analyse(args) -> int:
             )
             return EXIT_CONFIG
         options = {"x": x, "tol": args.tol, "num_starts": args.starts}
-    with _x64_context(cfg):
+    with x64_context(cfg):
         import jax.numpy as jnp
 
-        import rnnode
-
-        xs = jnp.asarray(task.test.xs[:, : args.sequences], dtype=_dtype(cfg))
+        xs = jnp.asarray(task.test.xs[:, : args.sequences], dtype=run_dtype(cfg))
         ys = task.test.ys[:, : args.sequences]
         ys = jnp.asarray(ys) if ys.dtype.kind in "iu" else jnp.asarray(ys, xs.dtype)
-        loss = rnnode.cross_entropy if task.loss == "cross_entropy" else rnnode.mse
+        loss = step_loss(task.loss)
         out_dir = run_dir / "analysis"
         out_dir.mkdir(exist_ok=True)
         weights = task.test.weights
@@ -388,7 +378,7 @@ def _cmd_analyse(args) -> int:
         print(f"{run_dir}: fixed points at input ({args.input or source})")
         print(analysis.fixed_point_table(result))
     else:
-        from .train._metrics import to_json
+        from .train import to_json
 
         text = to_json(result, indent=2, default=lambda o: repr(o))
         lines = text.splitlines()
@@ -440,9 +430,9 @@ def _fixed_point_input(text: str | None, task) -> tuple[list[float], str]:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep._command import run
+    from .sweep import sweep_command
 
-    return run(args)
+    return sweep_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     from .train import EvaluationFailed, TrainingDiverged
-    from .train._config import ConfigError
+    from .train.config import ConfigError
 
     handlers = {
         "train": _cmd_train,

@@ -8,7 +8,7 @@ import pytest
 
 from rnnode.cli import main
 from rnnode.train import Config, ConfigError, builtin_configs, load_config
-from rnnode.train._config import (
+from rnnode.train.config import (
     apply_overrides,
     config_to_yaml,
     dump_config,

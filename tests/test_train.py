@@ -28,10 +28,10 @@ from rnnode.train import (
     train,
     validate_config,
 )
-from rnnode.train._config import GRADIENTS as NEEDS
 from rnnode.train._environment import _git_state, environment
 from rnnode.train._run import _fresh_dir
 from rnnode.train._steps import _TRACES
+from rnnode.train.config import GRADIENTS as NEEDS
 
 # A few-second version of the quickstart (30 steps, checkpoints at 15 and 30).
 TINY = [

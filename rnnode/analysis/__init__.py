@@ -3,11 +3,16 @@ Jacobian products and spectra, gradient norm against lag, Lyapunov exponents,
 fixed points and their linearisation, the alignment of approximate gradients
 with the exact one, and `run_analysis` for saved runs."""
 
+from ._adjoint import adjoint_trajectory as adjoint_trajectory
 from ._alignment import (
     GradientAlignment as GradientAlignment,
     alignment_methods as alignment_methods,
     gradient_alignment as gradient_alignment,
     plot_alignment as plot_alignment,
+)
+from ._equilibrium import (
+    implicit_adjoint as implicit_adjoint,
+    spectral_radius_estimate as spectral_radius_estimate,
 )
 from ._fixed_points import (
     STABILITIES as STABILITIES,

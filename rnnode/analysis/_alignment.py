@@ -17,8 +17,12 @@ from matplotlib.figure import Figure
 from .._losses import mse
 from .._model import Model
 from .._sequence import check_sequence, sequence_loss
-from ..gradients._base import AbstractGradient, Autodiff
-from ..gradients._table import GRADIENT_VARIANTS, make_gradient
+from ..gradients import (
+    GRADIENT_VARIANTS,
+    AbstractGradient,
+    Autodiff,
+    make_gradient,
+)
 from ._common import new_figure, to_json
 
 ALL = "all"

@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Complex, Float, PRNGKeyArray, PyTree
 
 from .._losses import last_step_weights, mse
 from .._model import Model
-from ..gradients import adjoint_trajectory
+from ._adjoint import adjoint_trajectory
 from ._common import (
     frame,
     log_norm2,

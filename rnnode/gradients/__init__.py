@@ -1,5 +1,12 @@
 """Gradient methods: strategy objects passed as `gradient=` to `sequence_loss`."""
 
+from .._fixed_point import (
+    AbstractFixedPointSolver as AbstractFixedPointSolver,
+    Anderson as Anderson,
+    EquilibriumSolution as EquilibriumSolution,
+    FixedPointIteration as FixedPointIteration,
+    fixed_point_map as fixed_point_map,
+)
 from .._step_inputs import AbstractStepInputs as AbstractStepInputs
 from ._base import (
     AbstractBatchGradient as AbstractBatchGradient,
@@ -7,7 +14,7 @@ from ._base import (
     AbstractStepwiseGradient as AbstractStepwiseGradient,
     Autodiff as Autodiff,
 )
-from ._bptt import BPTT as BPTT, adjoint_trajectory as adjoint_trajectory
+from ._bptt import BPTT as BPTT
 from ._coverage import (
     ANY as ANY,
     ONLINE_COVERAGE as ONLINE_COVERAGE,
@@ -16,17 +23,8 @@ from ._coverage import (
 from ._eprop import EProp as EProp
 from ._implicit import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
-    AbstractFixedPointSolver as AbstractFixedPointSolver,
-    Anderson as Anderson,
-    EquilibriumSolution as EquilibriumSolution,
-    FixedPointIteration as FixedPointIteration,
     Implicit as Implicit,
     Unrolled as Unrolled,
-    equilibrium as equilibrium,
-    equilibrium_loss as equilibrium_loss,
-    fixed_point_map as fixed_point_map,
-    implicit_adjoint as implicit_adjoint,
-    spectral_radius_estimate as spectral_radius_estimate,
 )
 from ._kf_rtrl import KFRTRL as KFRTRL
 from ._layer_local import LayerLocalRTRL as LayerLocalRTRL

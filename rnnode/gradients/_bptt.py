@@ -25,9 +25,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, Float, PyTree
 
-from .._losses import mse
 from ._base import AbstractBatchGradient
 
 
@@ -77,7 +76,7 @@ class BPTT(AbstractBatchGradient):
     Reverse mode only: forward-mode differentiation (`jax.jvp`, `jax.jacfwd`) of a
     `BPTT` loss is not supported (use `Autodiff` or `RTRL`).
 
-    See also `rnnode.adjoint_trajectory`, which returns the `λ_t` themselves.
+    See also `rnnode.analysis.adjoint_trajectory`, which returns the `λ_t` themselves.
     """
 
     truncate: int | None = eqx.field(static=True, default=None)
@@ -404,73 +403,4 @@ def _bptt_loss_bwd(residuals, gbar, perturbed, vjp_arg, truncate, checkpoints):
         _or_nones(ct_x, inputs),
         _or_nones(ct_y, targets),
         _or_nones(ct_w, weights),
-    )
-
-
-# ---------------------------------------------------------------------------------
-# The adjoint trajectory, for analysis.
-
-
-def adjoint_trajectory(
-    model,
-    xs: Float[ArrayLike, "time *batch input"],
-    ys: PyTree[ArrayLike],
-    *,
-    loss=mse,
-    weights: Float[ArrayLike, "time *batch"] | None = None,
-    h0: Float[ArrayLike, "*batch state"] | None = None,
-    t0: float = 0.0,
-    truncate: int | None = None,
-) -> Float[Array, "time *batch state"]:
-    """The adjoint states `λ_t = dL/dh_t`, `t = 1 … T`, of one sequence's loss
-    `L = Σ_t a_t l(output(h_t), y_t)`, by the BPTT recursion
-    `λ_T = a_T ∂l_T/∂h_T`, `λ_t = a_t ∂l_t/∂h_t + J_{t+1}ᵀ λ_{t+1}`.
-
-    `λ_t` is the total sensitivity of the loss to a perturbation of the state
-    `h_t` (through its own loss term and every later step); `‖λ_t‖` against
-    `T - t` shows how gradients vanish or explode with the lag.
-
-    **Arguments:** as `rnnode.sequence_loss`: a `Model`, time-major inputs
-    `(time, input)` and targets, the per-step `loss`, time `weights` (default
-    `1/T`), initial state `h0` and start time `t0`; `truncate` as in `BPTT`.
-
-    A batch `(time, batch, input)` is handled sequence by sequence (as if by
-    `jax.vmap`): the result is then `(time, batch, state)`, and each sequence's `λ`
-    is that of its own loss (not of the batch mean used by `sequence_loss`, which is
-    `1/batch` times it).
-
-    **Returns:** `λ` with shape `(time, state)` (or `(time, batch, state)`).
-    """
-    from .._sequence import check_sequence
-
-    _check_count("truncate", truncate)
-    xs, ys, weights = check_sequence(model, xs, ys, weights)
-    batched = xs.ndim == 3
-
-    def step(params, h, inp):
-        return params.step(h, *inp)
-
-    def step_loss(params, h, y):
-        return loss(params.output(h), y)
-
-    def one(x, y, a, h):
-        h = model.init_state() if h is None else h
-        h = jnp.asarray(h, dtype=x.dtype)
-        theta = (model, step, step_loss)
-        inputs = model.step_inputs(x, t0)
-        _, hs, _ = _rollout(theta, h, inputs, y, a, None, store_states=True)
-        weighted = lambda hs: jnp.sum(
-            jax.vmap(lambda h, y_t, a_t: a_t * _loss(theta, h, y_t))(hs, y, a)
-        )
-        _, loss_vjp = jax.vjp(weighted, hs)
-        (g,) = loss_vjp(jnp.ones((), dtype=hs.dtype))
-        lams = _adjoints(theta, h, hs, inputs, g, truncate)
-        return lams
-
-    if not batched:
-        return one(xs, ys, weights, h0)
-    w_axis = 1 if weights.ndim == 2 else None
-    h_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
-    return jax.vmap(one, in_axes=(1, 1, w_axis, h_axis), out_axes=1)(
-        xs, ys, weights, h0
     )

@@ -9,7 +9,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from .._integrate import _input_at
+from .._integrate import input_at
 from .._model import Model
 from .._step_inputs import step_at
 from ._rtrl_diagonal import lru_layers, traced_loss_fwd
@@ -294,7 +294,7 @@ def _diffrax_advance(plan, model, leaves, h, blocks, inp):
     def vf(s, y, args):
         del args
         r, P = y
-        x_s = _input_at(integ.interpolation, (s - t) / integ.dt, x, x_next)
+        x_s = input_at(integ.interpolation, (s - t) / integ.dt, x, x_next)
 
         def field(r, sub):
             return _rebuild(plan.treedef, leaves, idx, sub).dynamics(s, r, x_s)

@@ -12,6 +12,11 @@ The command line: `rnnode sweep SPEC.yaml [--workers N] [--storage URL]
 [--report]`. Optuna is imported only when a study is opened.
 """
 
+# the `rnnode sweep` command, for the CLI
+from ._command import (
+    add_sweep_parser as add_sweep_parser,
+    sweep_command as sweep_command,
+)
 from ._report import trial_rows as trial_rows, write_report as write_report
 from ._spec import (
     SweepSpec as SweepSpec,

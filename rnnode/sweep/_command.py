@@ -26,7 +26,7 @@ EPILOG = (
 )
 
 
-def add_parser(sub, overrides_help: str) -> None:
+def add_sweep_parser(sub, overrides_help: str) -> None:
     s = sub.add_parser(
         "sweep",
         help="search hyperparameters with Optuna (pruning, workers, resumable)",
@@ -61,7 +61,7 @@ def add_parser(sub, overrides_help: str) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def run(args) -> int:
+def sweep_command(args) -> int:
     """Run `rnnode sweep`; returns the exit status (a `ConfigError` propagates)."""
     from . import (
         WorkerFailed,

@@ -48,13 +48,14 @@ from pydantic import (
     field_validator,
 )
 
-from ..train import ConfigError, load_config
-from ..train._config import (
-    _show,
+from ..train.config import (
+    ConfigError,
     apply_overrides,
     format_errors,
+    load_config,
     parse_yaml,
     resolve_config_path,
+    show_value,
 )
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -274,7 +275,9 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
         raise ConfigError([f"sweep: cannot read {str(p)!r}: {e.strerror}"]) from None
     raw = parse_yaml(text, source=str(p)) or {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"sweep: {p} must be a mapping of keys, got {_show(raw)}"])
+        raise ConfigError(
+            [f"sweep: {p} must be a mapping of keys, got {show_value(raw)}"]
+        )
     raw = apply_overrides(raw, list(overrides))
     return validate_spec(raw, name=p.stem, base_dir=p.parent)
 
@@ -292,10 +295,10 @@ def validate_spec(
                 raise ConfigError(
                     [
                         f"params.{key}.type: must be float, int or categorical, "
-                        f"got {_show(kind)}"
+                        f"got {show_value(kind)}"
                         if isinstance(p, dict)
                         else f"params.{key}: must be a mapping with a type "
-                        f"(float, int or categorical), got {_show(p)}"
+                        f"(float, int or categorical), got {show_value(p)}"
                     ]
                 )
     try:
@@ -343,7 +346,7 @@ def _check(spec: SweepSpec) -> list[str]:
             try:
                 load_config(spec.config_path, [*fixed, *spec.overrides_for({name: v})])
             except ConfigError as e:
-                errors.append(f"params.{name}: {_show(v)}: {e.errors[0]}")
+                errors.append(f"params.{name}: {show_value(v)}: {e.errors[0]}")
                 break
     if spec.sampler.name == "grid":
         size = int(np.prod([len(v) for v in spec.grid().values()]))
@@ -379,10 +382,10 @@ def _check_range(name: str, p, sampler: str) -> list[str]:
         return []
     if not p.low < p.high:
         return [
-            f"{where}: empty range: low {_show(p.low)} must be < high {_show(p.high)}"
+            f"{where}: empty range: low {show_value(p.low)} must be < high {show_value(p.high)}"
         ]
     if p.log and p.low <= 0:
-        return [f"{where}.low: a log range must be > 0, got {_show(p.low)}"]
+        return [f"{where}.low: a log range must be > 0, got {show_value(p.low)}"]
     has_step = p.step is not None if isinstance(p, FloatParam) else p.step != 1
     if p.log and has_step:
         return [f"{where}.step: a log range has no step (leave one of them out)"]
@@ -449,7 +452,7 @@ def metric_names(cfg) -> list[str]:
     """The metrics a run of `cfg` reports at each evaluation, what a sweep may
     select by: `val_loss`, `train_loss` and `val.NAME` for each of the task's
     metrics (on the validation split)."""
-    from rnnode import data
+    from .. import data
 
     task = data.make_task(cfg.task.name, dict(cfg.task.options), seed=cfg.task.seed)
     split = task.val if task.val is not None else task.test

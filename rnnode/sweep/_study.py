@@ -30,7 +30,7 @@ from ..train import (
     load_config,
     train,
 )
-from ..train._config import _one_line
+from ..train.config import one_line
 from ._spec import SweepSpec, metric_value
 
 STUDY_DB = "study.db"
@@ -240,7 +240,7 @@ def _objective(trial, spec: SweepSpec, out: Path, progress: bool) -> float:
         _say(f"[sweep {spec.name}] trial {trial.number}: {e}", True)
         raise optuna.TrialPruned(str(e)) from None
     except (TrainingDiverged, ConfigError) as e:
-        return _failed(trial, spec, _one_line(e), progress)
+        return _failed(trial, spec, one_line(e), progress)
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", True)
         raise

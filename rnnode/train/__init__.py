@@ -9,18 +9,18 @@ model, cfg, task = load_run(summary["run_dir"])
 ```
 """
 
-from ._build import build_model as build_model
+from ._build import (
+    build_model as build_model,
+    run_dtype as run_dtype,
+    step_loss as step_loss,
+    x64_context as x64_context,
+)
 from ._checkpoint import (
     CheckpointError as CheckpointError,
     CheckpointWarning as CheckpointWarning,
 )
-from ._config import (
-    Config as Config,
-    ConfigError as ConfigError,
-    builtin_configs as builtin_configs,
-    load_config as load_config,
-    validate_config as validate_config,
-)
+from ._environment import format_environment as format_environment
+from ._metrics import read_losses as read_losses, to_json as to_json
 from ._run import (
     StopTraining as StopTraining,
     TrainingDiverged as TrainingDiverged,
@@ -30,4 +30,12 @@ from ._saved import (
     EvaluationFailed as EvaluationFailed,
     evaluate as evaluate,
     load_run as load_run,
+    load_run_config as load_run_config,
+)
+from .config import (
+    Config as Config,
+    ConfigError as ConfigError,
+    builtin_configs as builtin_configs,
+    load_config as load_config,
+    validate_config as validate_config,
 )

@@ -15,16 +15,27 @@ import jax.random as jr
 import numpy as np
 import optax
 
-import rnnode
-
-from ._config import (
+from .. import data
+from .._cells import GRU, LSTM, ElmanRNN
+from .._dynamics import CTRNN, DampedOscillator, LinearExample
+from .._equilibrium import equilibrium_loss
+from .._fixed_point import Anderson, FixedPointIteration
+from .._integrate import RK4, Diffrax, Euler, Heun
+from .._linear import Linear
+from .._losses import cross_entropy, mse
+from .._lru import LRU
+from .._model import Model
+from .._sequence import sequence_loss
+from .._stack import Stack
+from ..gradients import AbstractOnlineGradient
+from .config import (
     CELLS,
     DIFFRAX_SOLVERS,
     Config,
     ConfigError,
-    _one_line,
     check_against_task,
     gradient_class,
+    one_line,
 )
 
 
@@ -41,13 +52,9 @@ class First(eqx.Module):
 def make_task(cfg: Config):
     """The config's task (`rnnode.data.make_task`)."""
     try:
-        from rnnode import data
-    except ImportError as e:  # pragma: no cover
-        raise RuntimeError(f"rnnode.data is not available: {e}") from None
-    try:
         return data.make_task(cfg.task.name, dict(cfg.task.options), seed=cfg.task.seed)
     except (ValueError, TypeError) as e:
-        raise ConfigError([f"task: {_one_line(e)}"]) from None
+        raise ConfigError([f"task: {one_line(e)}"]) from None
 
 
 def build_integrator(ic):
@@ -55,11 +62,11 @@ def build_integrator(ic):
         return None
     dt = float(ic.dt)
     if ic.name == "euler":
-        return rnnode.Euler(dt=dt, interpolation=ic.interpolation)
+        return Euler(dt=dt, interpolation=ic.interpolation)
     if ic.name == "heun":
-        return rnnode.Heun(dt=dt, interpolation=ic.interpolation)
+        return Heun(dt=dt, interpolation=ic.interpolation)
     if ic.name == "rk4":
-        return rnnode.RK4(dt=dt, interpolation=ic.interpolation)
+        return RK4(dt=dt, interpolation=ic.interpolation)
     import diffrax
 
     solver = getattr(diffrax, DIFFRAX_SOLVERS[ic.solver])()
@@ -67,7 +74,7 @@ def build_integrator(ic):
         controller = diffrax.PIDController(rtol=ic.rtol, atol=ic.atol)
     else:
         controller = diffrax.ConstantStepSize()
-    return rnnode.Diffrax(
+    return Diffrax(
         dt=dt,
         solver=solver,
         stepsize_controller=controller,
@@ -77,14 +84,14 @@ def build_integrator(ic):
     )
 
 
-def build_model(cfg: Config, task, key) -> rnnode.Model:
+def build_model(cfg: Config, task, key) -> Model:
     """The model the config describes, sized for `task`, initialised from `key`."""
     m = cfg.model
     dkey, rkey = jr.split(key)
     try:
         if m.dynamics == "stack":
             keys = jr.split(dkey, len(m.layers) + 1)
-            dyn = rnnode.Stack(
+            dyn = Stack(
                 [
                     _core(ly, ly.dynamics, m.width, k)
                     for ly, k in zip(m.layers, keys[1:], strict=True)
@@ -101,24 +108,22 @@ def build_model(cfg: Config, task, key) -> rnnode.Model:
             dyn = _core(m, m.dynamics, task.input_size, dkey)
     except (ValueError, TypeError) as e:
         where = "model.layers" if m.dynamics == "stack" else "model.options"
-        raise ConfigError([f"{where}: {_one_line(e)}"]) from None
+        raise ConfigError([f"{where}: {one_line(e)}"]) from None
     if m.readout == "linear":
-        readout = rnnode.Linear(dyn.observe_size, task.output_size, key=rkey)
+        readout = Linear(dyn.observe_size, task.output_size, key=rkey)
     elif m.readout == "first":
         readout = First(task.output_size)
     else:
         readout = None
     integrator = None if m.dynamics in CELLS else build_integrator(m.integrator)
-    return rnnode.Model(
-        dyn, integrator, readout, learn_initial_state=m.learn_initial_state
-    )
+    return Model(dyn, integrator, readout, learn_initial_state=m.learn_initial_state)
 
 
 def _core(m, dynamics: str, inp: int, key):
     """The dynamics `dynamics` from a model's (or a stack layer's) config keys."""
     opts, n = dict(m.options), m.hidden_size
     if dynamics == "ctrnn":
-        return rnnode.CTRNN(
+        return CTRNN(
             n,
             inp,
             tau=m.tau,
@@ -129,18 +134,18 @@ def _core(m, dynamics: str, inp: int, key):
             **opts,
         )
     if dynamics == "linear":
-        return rnnode.LinearExample(size=inp, **opts)
+        return LinearExample(size=inp, **opts)
     if dynamics == "oscillator":
-        return rnnode.DampedOscillator(**opts)
+        return DampedOscillator(**opts)
     if dynamics == "elman":
-        return rnnode.ElmanRNN(
+        return ElmanRNN(
             n, inp, activation=m.activation, density=m.density, key=key, **opts
         )
     if dynamics == "lstm":
-        return rnnode.LSTM(n, inp, key=key, **opts)
+        return LSTM(n, inp, key=key, **opts)
     if dynamics == "lru":
-        return rnnode.LRU(n, inp, key=key, **opts)
-    return rnnode.GRU(n, inp, key=key, **opts)
+        return LRU(n, inp, key=key, **opts)
+    return GRU(n, inp, key=key, **opts)
 
 
 def build_gradient(cfg: Config):
@@ -153,7 +158,7 @@ def build_gradient(cfg: Config):
     try:
         return cls(**g.options)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError([f"gradient: {_one_line(e)}"]) from None
+        raise ConfigError([f"gradient: {one_line(e)}"]) from None
 
 
 def check_gradient_applies(cfg: Config, gradient, model) -> None:
@@ -165,7 +170,7 @@ def check_gradient_applies(cfg: Config, gradient, model) -> None:
     **Raises:** `ConfigError`.
     """
     name = cfg.gradient.name
-    if not isinstance(gradient, rnnode.AbstractOnlineGradient):
+    if not isinstance(gradient, AbstractOnlineGradient):
         if cfg.train.online:  # the config allows only online names
             raise AssertionError(f"{name} is not an online method")
         return
@@ -174,7 +179,7 @@ def check_gradient_applies(cfg: Config, gradient, model) -> None:
     except ValueError as e:
         d = cfg.model.dynamics
         raise ConfigError(
-            [f"gradient.name: {name} does not cover this model ({d}): {_one_line(e)}"]
+            [f"gradient.name: {name} does not cover this model ({d}): {one_line(e)}"]
         ) from None
 
 
@@ -219,13 +224,13 @@ def build_optimiser(cfg: Config) -> optax.GradientTransformation:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ConfigError([f"optim: optax.{o.name}: {_one_line(e)}"]) from None
+        raise ConfigError([f"optim: optax.{o.name}: {one_line(e)}"]) from None
     if o.clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
     return opt
 
 
-def _dtype(cfg: Config):
+def run_dtype(cfg: Config):
     return jnp.float64 if cfg.train.dtype == "float64" else jnp.float32
 
 
@@ -239,7 +244,15 @@ def _cast(tree, dtype):
 
 
 def loss_name(cfg: Config, task) -> str:
+    """The name of the per-step loss of a run: the config's `loss.name`, or the
+    task's own (`mse`, `cross_entropy`) for `task`."""
     return task.loss if cfg.loss.name == "task" else cfg.loss.name
+
+
+def step_loss(name: str):
+    """The per-step loss `l(output, target)` of a loss name: `rnnode.cross_entropy`
+    for `cross_entropy`, `rnnode.mse` otherwise (`mse`)."""
+    return cross_entropy if name == "cross_entropy" else mse
 
 
 def split_weights(cfg: Config, task, split) -> np.ndarray:
@@ -276,36 +289,27 @@ def build_equilibrium(cfg: Config) -> dict:
     e = cfg.equilibrium
     common = dict(rtol=e.rtol, atol=e.atol, max_steps=e.max_steps, damping=e.damping)
     if e.solver == "anderson":
-        solver = rnnode.Anderson(memory=e.memory, **common)
+        solver = Anderson(memory=e.memory, **common)
     else:
-        solver = rnnode.FixedPointIteration(**common)
+        solver = FixedPointIteration(**common)
     return dict(solver=solver, step_size=e.step_size)
 
 
 def make_loss_fn(cfg: Config, task, gradient):
     """`loss(model, xs, ys, weights) -> scalar` for a batch."""
-    per_step = (
-        rnnode.cross_entropy if loss_name(cfg, task) == "cross_entropy" else rnnode.mse
-    )
+    per_step = step_loss(loss_name(cfg, task))
     if task.kind == "equilibrium":
-        eq_loss = getattr(rnnode, "equilibrium_loss", None)
-        if eq_loss is None:
-            raise ConfigError(
-                [
-                    "task.name: equilibrium tasks need rnnode.equilibrium_loss, which "
-                    "is not available in this installation"
-                ]
-            )
-
         eq = build_equilibrium(cfg)
 
         def loss_fn(model, xs, ys, ws):
-            return eq_loss(model, xs[0], ys[0], loss=per_step, gradient=gradient, **eq)
+            return equilibrium_loss(
+                model, xs[0], ys[0], loss=per_step, gradient=gradient, **eq
+            )
 
     else:
 
         def loss_fn(model, xs, ys, ws):
-            return rnnode.sequence_loss(
+            return sequence_loss(
                 model, xs, ys, loss=per_step, weights=ws, gradient=gradient
             )
 
@@ -316,13 +320,13 @@ def fitted_params(model) -> dict | None:
     """The physical parameters of an oscillator or the linear example (to compare
     with a task's `info["true_params"]`); `None` for other dynamics."""
     dyn = model.dynamics
-    if isinstance(dyn, rnnode.DampedOscillator):
+    if isinstance(dyn, DampedOscillator):
         return {
             "mass": float(dyn.mass),
             "damping": float(dyn.damping),
             "stiffness": float(dyn.stiffness),
         }
-    if isinstance(dyn, rnnode.LinearExample):
+    if isinstance(dyn, LinearExample):
         w, b = np.asarray(dyn.w, dtype=float), np.asarray(dyn.b, dtype=float)
         return {"w": w.tolist(), "b": b.tolist(), "w_plus_b": (w + b).tolist()}
     return None
@@ -339,7 +343,7 @@ class _Setup:
 
     def __init__(self, cfg: Config, task):
         self.cfg, self.task = cfg, task
-        self.dtype = _dtype(cfg)
+        self.dtype = run_dtype(cfg)
         self.gradient = build_gradient(cfg)
         self.optimiser = build_optimiser(cfg)
         seed, dtype, optimiser = cfg.train.seed, self.dtype, self.optimiser
@@ -371,7 +375,7 @@ class _Setup:
         return eqx.combine(params, self.static)
 
 
-def _x64_context(cfg: Config):
+def x64_context(cfg: Config):
     """Float64 runs need JAX's x64 mode; switch it on (process-wide) if asked."""
     if cfg.train.dtype == "float64" and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)

@@ -37,6 +37,8 @@ def _clean(v):
 
 
 def to_json(obj, **kw) -> str:
+    """`json.dumps` of a run's record, with NumPy/JAX scalars and arrays as plain
+    numbers and lists (non-finite floats as strings, `"nan"`, `"inf"`)."""
     return json.dumps(_clean(obj), **kw)
 
 
@@ -81,6 +83,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def read_losses(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`(steps, losses)` of a run's `train_loss.csv` (empty arrays if none)."""
     path = Path(run_dir) / LOSSES
     steps, losses = [], []
     if path.exists():

@@ -3,9 +3,13 @@ targets on a few test sequences, and phase portraits for the oscillator."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ._metrics import read_losses
+from .config import one_line
 
 
 def _plt():
@@ -207,3 +211,51 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _plt().close(fig)
+
+
+def write_plots(cfg, task, run_dir, records, hs, outs) -> dict:
+    """The plots of a finished run in `run_dir/plots/`: the loss curves, test
+    predictions against targets, and for an oscillator task its phase portrait;
+    `{name: path}` of those written (a failing plot only warns)."""
+    plots = Path(run_dir) / "plots"
+    plots.mkdir(exist_ok=True)
+    files = {}
+    try:
+        steps, losses = read_losses(run_dir)
+        plot_losses(
+            plots / "loss.png", steps, losses, records, title=f"{task.name}: loss"
+        )
+        files["loss"] = str(plots / "loss.png")
+        plot_predictions(
+            plots / "predictions.png",
+            outs,
+            task.test.ys,
+            classification=task.loss == "cross_entropy",
+            dt=float(task.dt),
+            weights=task.test.weights,
+            equilibrium=task.kind == "equilibrium",
+            title=f"{task.name}: test predictions vs targets",
+        )
+        files["predictions"] = str(plots / "predictions.png")
+        if task.name.startswith("oscillator"):
+            if (
+                outs.shape[-1] >= 2
+                and task.test.ys.ndim == 3
+                and task.test.ys.shape[-1] >= 2
+            ):
+                model_xv, target_xv = outs[..., :2], task.test.ys[..., :2]
+            elif cfg.model.dynamics == "oscillator":
+                model_xv, target_xv = hs[..., :2], None
+            else:
+                model_xv, target_xv = None, None
+            if model_xv is not None:
+                plot_phase(
+                    plots / "phase.png",
+                    model_xv,
+                    target_xv,
+                    title=f"{task.name}: phase portrait (test)",
+                )
+                files["phase"] = str(plots / "phase.png")
+    except Exception as e:  # noqa: BLE001 - a plot must not lose a finished run
+        warnings.warn(f"plotting failed: {one_line(e)}", stacklevel=2)
+    return files

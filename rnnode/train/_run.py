@@ -15,13 +15,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-import rnnode
-
-from . import _checkpoint as ckpt, _metrics as mt, _sharding
+from . import _checkpoint as ckpt, _metrics as mt, _plots, _sharding
 from ._build import (
     _cached,
     _config_key,
-    _x64_context,
     build_equilibrium,
     fitted_params,
     loss_name,
@@ -29,10 +26,12 @@ from ._build import (
     num_params,
     prepare,
     split_arrays,
+    step_loss,
+    x64_context,
 )
-from ._config import Config, ConfigError, _one_line, config_to_yaml, load_config
 from ._environment import environment, format_environment
 from ._steps import _evaluate, make_chunk, make_online_chunk, states_key
+from .config import Config, ConfigError, config_to_yaml, load_config, one_line
 
 
 class TrainingDiverged(RuntimeError):
@@ -172,7 +171,7 @@ def train(
         _sharding.initialize_distributed(
             d.coordinator_address, d.num_processes, d.process_id
         )
-    with _x64_context(config):
+    with x64_context(config):
         return _train(config, resume=resume, progress=progress, on_eval=on_eval)
 
 
@@ -259,7 +258,7 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
         "files": {},
     }
     if run.main:
-        summary["files"] = _write_plots(cfg, task, run.dir, records, hs, outs)
+        summary["files"] = _plots.write_plots(cfg, task, run.dir, records, hs, outs)
         mt.write_summary(run.dir, summary)
     return summary
 
@@ -272,7 +271,7 @@ def _make_mesh(cfg: Config):
     try:
         mesh = _sharding.make_mesh(cfg.devices)
     except ValueError as e:
-        raise ConfigError([f"devices: {_one_line(e)}"]) from None
+        raise ConfigError([f"devices: {one_line(e)}"]) from None
     n_dev = _sharding.num_devices(mesh)
     if cfg.train.batch_size % n_dev:
         raise ConfigError(
@@ -329,9 +328,7 @@ class _Run:
         key = setup.train_key
         self.extra = {}
         if self.online:
-            per_step = (
-                rnnode.cross_entropy if self.lname == "cross_entropy" else rnnode.mse
-            )
+            per_step = step_loss(self.lname)
             self.chunk, draw, init_states = _cached(
                 "online",
                 _config_key(cfg),
@@ -586,50 +583,3 @@ def _params_report(model, task) -> dict:
     if fitted is None:
         return {}
     return {"fitted_params": fitted, "true_params": task.info.get("true_params")}
-
-
-def _write_plots(cfg, task, run_dir, records, hs, outs) -> dict:
-    from . import _plots
-
-    plots = Path(run_dir) / "plots"
-    plots.mkdir(exist_ok=True)
-    files = {}
-    try:
-        steps, losses = mt.read_losses(run_dir)
-        _plots.plot_losses(
-            plots / "loss.png", steps, losses, records, title=f"{task.name}: loss"
-        )
-        files["loss"] = str(plots / "loss.png")
-        _plots.plot_predictions(
-            plots / "predictions.png",
-            outs,
-            task.test.ys,
-            classification=task.loss == "cross_entropy",
-            dt=float(task.dt),
-            weights=task.test.weights,
-            equilibrium=task.kind == "equilibrium",
-            title=f"{task.name}: test predictions vs targets",
-        )
-        files["predictions"] = str(plots / "predictions.png")
-        if task.name.startswith("oscillator"):
-            if (
-                outs.shape[-1] >= 2
-                and task.test.ys.ndim == 3
-                and task.test.ys.shape[-1] >= 2
-            ):
-                model_xv, target_xv = outs[..., :2], task.test.ys[..., :2]
-            elif cfg.model.dynamics == "oscillator":
-                model_xv, target_xv = hs[..., :2], None
-            else:
-                model_xv, target_xv = None, None
-            if model_xv is not None:
-                _plots.plot_phase(
-                    plots / "phase.png",
-                    model_xv,
-                    target_xv,
-                    title=f"{task.name}: phase portrait (test)",
-                )
-                files["phase"] = str(plots / "phase.png")
-    except Exception as e:  # noqa: BLE001 - a plot must not lose a finished run
-        warnings.warn(f"plotting failed: {_one_line(e)}", stacklevel=2)
-    return files

@@ -9,21 +9,20 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-import rnnode
-
 from . import _checkpoint as ckpt, _metrics as mt
 from ._build import (
-    _dtype,
-    _x64_context,
     build_equilibrium,
     loss_name,
     prepare,
+    run_dtype,
     split_arrays,
+    step_loss,
+    x64_context,
 )
-from ._config import Config, parse_yaml, read_config_text, validate_config
 from ._environment import environment
 from ._run import _is_main, _params_report, _runtime_message
 from ._steps import _evaluate, make_online_chunk, states_key
+from .config import Config, parse_yaml, read_config_text, validate_config
 
 
 class EvaluationFailed(RuntimeError):
@@ -44,7 +43,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def _load_run(run_dir):
     cfg = load_run_config(run_dir)
-    with _x64_context(cfg):
+    with x64_context(cfg):
         cfg, task, setup = prepare(cfg)
         like = setup.state()
         if cfg.train.online:
@@ -60,9 +59,7 @@ def _load_run(run_dir):
 def _online_like(cfg, task, setup):
     dtype = setup.dtype
     train_data = split_arrays(cfg, task, task.train, dtype)
-    per_step = (
-        rnnode.cross_entropy if loss_name(cfg, task) == "cross_entropy" else rnnode.mse
-    )
+    per_step = step_loss(loss_name(cfg, task))
     _, draw, init_states = make_online_chunk(
         setup.static,
         setup.optimiser,
@@ -102,8 +99,8 @@ def evaluate(run_dir: str | Path) -> dict:
     """
     run_dir = Path(run_dir)
     model, cfg, task, step = _load_run(run_dir)
-    with _x64_context(cfg):
-        dtype = _dtype(cfg)
+    with x64_context(cfg):
+        dtype = run_dtype(cfg)
         xs, ys, ws = split_arrays(cfg, task, task.test, dtype)
         try:
             _, outs, test_loss = _evaluate(

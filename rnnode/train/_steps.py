@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
-import rnnode
-
+from .._equilibrium import equilibrium
 from . import _sharding
+from ._build import step_loss
 
 _TRACES = {"chunk": 0, "online": 0}
 """How many times the training functions were traced (tests check it stays 1)."""
@@ -202,7 +202,7 @@ def _rollout(model, xs, kind, eq=None):
     if kind == "equilibrium":
 
         def one(x):
-            h = rnnode.equilibrium(model, x, **(eq or {}))
+            h = equilibrium(model, x, **(eq or {}))
             return h, model.output(h)
 
         hs, outs = jax.vmap(one)(xs[0])
@@ -212,7 +212,7 @@ def _rollout(model, xs, kind, eq=None):
 
 
 def _loss_of(outputs, ys, ws, name):
-    per_step = rnnode.cross_entropy if name == "cross_entropy" else rnnode.mse
+    per_step = step_loss(name)
     ls = jax.vmap(jax.vmap(per_step))(outputs, ys)  # (T, N)
     w = ws if ws.ndim == 2 else ws[:, None]
     return jnp.mean(jnp.sum(w * ls, axis=0))
