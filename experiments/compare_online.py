@@ -45,21 +45,9 @@ FLOORS = ("floor_nothing", "floor_first", "floor_both")
 def online_methods(truncate: int) -> dict:
     """Name → strategy; a method this installation of rnnode lacks maps to `None`
     (reported as missing, not run). `"TBPTT"` is handled apart (not online)."""
-    available = {
-        "RTRL": lambda: rn.RTRL(),
-        "SnAp-1": lambda: rn.SnAp(order=1),
-        "SnAp-2": lambda: rn.SnAp(order=2),
-        "UORO": lambda: rn.UORO(),
-        "KF-RTRL": lambda: rn.KFRTRL(),
-        "RFLO": lambda: rn.RFLO(),
-        "e-prop": lambda: rn.EProp(),
-    }
-    methods = {}
-    for name, make in available.items():
-        try:
-            methods[name] = make()
-        except AttributeError:  # not in this version of rnnode
-            methods[name] = None
+    names = ("RTRL", "SnAp-1", "SnAp-2", "UORO", "KF-RTRL", "RFLO", "e-prop")
+    make = getattr(rn, "make_gradient", None)  # the one table of methods
+    methods = {name: None if make is None else make(name) for name in names}
     methods[f"TBPTT({truncate})"] = "tbptt"
     return methods
 

@@ -8,10 +8,12 @@ from ._dynamics import (
     CTRNN as CTRNN,
     AbstractCell as AbstractCell,
     AbstractDynamics as AbstractDynamics,
+    AbstractNoisyField as AbstractNoisyField,
     AbstractSequenceCell as AbstractSequenceCell,
     AbstractVectorField as AbstractVectorField,
     DampedOscillator as DampedOscillator,
     LinearExample as LinearExample,
+    recurrent_weights as recurrent_weights,
 )
 from ._equilibrium import (
     equilibrium as equilibrium,
@@ -51,6 +53,8 @@ from .analysis import (
 )
 from .gradients import (
     BPTT as BPTT,
+    DEER as DEER,
+    ELK as ELK,
     GRADIENT_VARIANTS as GRADIENT_VARIANTS,
     GRADIENTS as GRADIENTS,
     KFRTRL as KFRTRL,
@@ -63,6 +67,7 @@ from .gradients import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
     AbstractFixedPointSolver as AbstractFixedPointSolver,
     AbstractGradient as AbstractGradient,
+    AbstractNewtonTrajectory as AbstractNewtonTrajectory,
     AbstractOnlineGradient as AbstractOnlineGradient,
     AbstractStepInputs as AbstractStepInputs,
     AbstractStepwiseGradient as AbstractStepwiseGradient,
@@ -77,6 +82,7 @@ from .gradients import (
     OnlineState as OnlineState,
     Rows as Rows,
     SnAp as SnAp,
+    TrajectorySolution as TrajectorySolution,
     Unrolled as Unrolled,
     check_cell as check_cell,
     coverage_table as coverage_table,
@@ -85,6 +91,7 @@ from .gradients import (
     learning_signal as learning_signal,
     local_jacobian as local_jacobian,
     make_gradient as make_gradient,
+    parallel_rollout as parallel_rollout,
     step_keys as step_keys,
     structured_jacobians as structured_jacobians,
     unit_influence as unit_influence,

@@ -11,7 +11,17 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._activations import get_activation
-from ._dynamics import AbstractCell, Mask, _check_size, _sparse, _uniform, masked
+from ._dale import Dale, balanced_init
+from ._dynamics import (
+    AbstractCell,
+    Mask,
+    _check_size,
+    _connections,
+    _dale,
+    _observed,
+    _uniform,
+    recurrent_weights,
+)
 
 
 class ElmanRNN(AbstractCell):
@@ -26,6 +36,11 @@ class ElmanRNN(AbstractCell):
     the step uses `W ⊙ mask`, and `W` (zero off the mask, its nonzero entries
     uniform on `±1/√(p n)`) keeps zero gradients there under every method. With
     `p = 1` (default) `mask` is `None` and the module is the dense one.
+
+    Dale's law as for `CTRNN`: `excitatory=` (the fraction of excitatory units),
+    `autapses=False`, `observe="excitatory"`; the step uses `|W̃| · diag(s)`,
+    `W̃` starting from Song, Yang & Wang's (2016) balanced initialisation with
+    spectral radius `radius` (default 1).
     """
 
     W: Float[Array, "n n"]
@@ -36,6 +51,7 @@ class ElmanRNN(AbstractCell):
     input_size: int = eqx.field(static=True)
     observe_size: int = eqx.field(static=True)
     mask: Mask | None = eqx.field(static=True)
+    dale: Dale | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -44,15 +60,23 @@ class ElmanRNN(AbstractCell):
         *,
         activation: str = "tanh",
         density: float = 1.0,
+        excitatory: float | None = None,
+        autapses: bool = True,
+        observe: str = "all",
+        radius: float = 1.0,
         key: PRNGKeyArray,
     ):
         _check_size("hidden_size", hidden_size)
         _check_size("input_size", input_size, allow_zero=True)
         get_activation(activation)
         n, m = hidden_size, input_size
-        key, self.mask = _sparse(key, n, density)
+        self.dale = _dale(n, excitatory, observe)
+        key, self.mask = _connections(key, n, density, autapses)
         k1, k2, k3 = jr.split(key, 3)
-        if self.mask is None:
+        if self.dale is not None:
+            mask = None if self.mask is None else self.mask.array
+            self.W = balanced_init(k1, self.dale, mask, radius)
+        elif self.mask is None:
             self.W = _uniform(k1, (n, n), n)
         else:
             self.W = jnp.where(self.mask.array, _uniform(k1, (n, n), density * n), 0)
@@ -61,14 +85,14 @@ class ElmanRNN(AbstractCell):
         self.activation = activation
         self.state_size = n
         self.input_size = m
-        self.observe_size = n
+        self.observe_size = _observed(n, self.dale, observe)
 
     def __call__(self, h, x):
-        W = masked(self.W, self.mask)
+        W = recurrent_weights(self)
         return get_activation(self.activation)(self.b + W @ h + self.U @ x)
 
     def observe(self, state):
-        return state
+        return state[: self.observe_size]
 
 
 class LSTM(AbstractCell):

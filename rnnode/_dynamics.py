@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._activations import get_activation
+from ._dale import Dale, balanced_init, signed
 
 
 class AbstractDynamics(eqx.Module):
@@ -47,6 +48,23 @@ class AbstractVectorField(AbstractDynamics):
         x: Float[Array, " input"],
     ) -> Float[Array, " state"]:
         """The time derivative `dr/dt` at time `t`, state `r` and input `x`."""
+
+
+class AbstractNoisyField(AbstractVectorField):
+    """A vector field with private noise: the SDE `dr = F(t, r, x) dt + g dW`,
+    `g` diagonal (one entry per unit) and `W` a standard Brownian motion.
+    Integrators draw the noise from a key (`Model.step(..., key)`); without a
+    key they integrate `dr/dt = F`."""
+
+    @abc.abstractmethod
+    def diffusion(
+        self,
+        t: Float[ArrayLike, ""],
+        r: Float[Array, " state"],
+        x: Float[Array, " input"],
+    ) -> Float[Array, " state"] | None:
+        """The diagonal `g` of the diffusion, or `None` when the field is
+        noise-free (decided from static fields, so at trace time)."""
 
 
 class AbstractCell(AbstractDynamics):
@@ -116,7 +134,7 @@ class Mask:
         return f"Mask(({n}, {n}), density={self.density:.3g})"
 
 
-class CTRNN(AbstractVectorField):
+class CTRNN(AbstractNoisyField):
     """Continuous-time recurrent network, in one of two forms:
 
     - `form="current"` (default): `τ dr/dt = -r + W φ(r) + U x + b`, the state a
@@ -148,6 +166,24 @@ class CTRNN(AbstractVectorField):
       (default) `mask` is `None` and the module is the dense one, parameter for
       parameter. The mask is drawn eagerly: build a sparse module outside
       `jax.jit` / `jax.vmap`.
+    - `noise_std`: `σ ≥ 0`, private noise on every unit: `τ dr = F dt + √(2τ) σ dW`,
+      so that `σ` is the stationary standard deviation of an uncoupled unit
+      whatever `τ` and the step are; under `Euler` a step gains `√(2α) σ ξ`,
+      `α = dt/τ` (the convention of PsychRNN and Yang et al. 2019). The noise is
+      drawn only when a key is given (`Model.rollout(xs, key=k)`,
+      `sequence_loss(..., key=k)`); without one the dynamics are noise-free
+      (evaluation, fixed points).
+    - `excitatory`: Dale's law (`None`: off). The fraction in (0, 1] of
+      excitatory units (the first `round(excitatory n)`), the rest inhibitory;
+      the dynamics use `W = |W̃| · diag(s)` (`s = ±1` per unit), so a unit's
+      outgoing weights keep their sign under any update of the stored `W̃`.
+      `W̃` starts as Song, Yang & Wang's (2016) balanced initialisation (gamma
+      magnitudes, inhibition scaled by `n_E/n_I`), scaled to spectral radius
+      `gain`.
+    - `autapses`: `False` removes self-connections (`W_ii = 0`; folded into
+      `mask`).
+    - `observe`: `"all"` (default) or `"excitatory"`: what a readout sees, the
+      whole state or the excitatory units only (with `excitatory=`).
     - `key`: a JAX PRNG key.
 
     `U` is drawn uniformly from `±1/√m` (PyTorch's `Linear` rule); `b` starts at 0.
@@ -164,6 +200,8 @@ class CTRNN(AbstractVectorField):
     observe_size: int = eqx.field(static=True)
     form: Literal["current", "rate"] = eqx.field(static=True)
     mask: Mask | None = eqx.field(static=True)
+    noise_std: float = eqx.field(static=True)
+    dale: Dale | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -176,6 +214,10 @@ class CTRNN(AbstractVectorField):
         learn_tau: bool = False,
         form: Literal["current", "rate"] = "current",
         density: float = 1.0,
+        noise_std: float = 0.0,
+        excitatory: float | None = None,
+        autapses: bool = True,
+        observe: Literal["all", "excitatory"] = "all",
         key: PRNGKeyArray,
     ):
         _check_size("hidden_size", hidden_size)
@@ -190,9 +232,14 @@ class CTRNN(AbstractVectorField):
         if np.any(tau_arr <= 0) or not np.all(np.isfinite(tau_arr)):
             raise ValueError(f"`tau` must be positive and finite, got {tau}")
         n, m = hidden_size, input_size
-        key, self.mask = _sparse(key, n, density)
+        self.noise_std = _check_noise(noise_std)
+        self.dale = _dale(n, excitatory, observe)
+        key, self.mask = _connections(key, n, density, autapses)
         wkey, ukey = jr.split(key)
-        if self.mask is None:
+        if self.dale is not None:
+            mask = None if self.mask is None else self.mask.array
+            self.W = balanced_init(wkey, self.dale, mask, gain)
+        elif self.mask is None:
             self.W = gain * jr.normal(wkey, (n, n)) / np.sqrt(n)
         else:
             W = gain * jr.normal(wkey, (n, n)) / np.sqrt(density * n)
@@ -209,7 +256,7 @@ class CTRNN(AbstractVectorField):
         self.activation = activation
         self.state_size = n
         self.input_size = m
-        self.observe_size = n
+        self.observe_size = _observed(n, self.dale, observe)
         self.form = form
 
     @property
@@ -221,13 +268,20 @@ class CTRNN(AbstractVectorField):
     def __call__(self, t, r, x):
         del t
         phi = get_activation(self.activation)
-        W = masked(self.W, self.mask)
+        W = recurrent_weights(self)
         if self.form == "rate":
             return (-r + phi(W @ r + self.U @ x + self.b)) / self.tau
         return (-r + W @ phi(r) + self.U @ x + self.b) / self.tau
 
+    def diffusion(self, t, r, x):
+        del t, x
+        if self.noise_std == 0:
+            return None
+        # τ dr = F dt + √(2τ) σ dW, i.e. g = σ √(2/τ)
+        return self.noise_std * jnp.sqrt(2.0 / self.tau).astype(r.dtype)
+
     def observe(self, state):
-        return state
+        return state[: self.observe_size]
 
 
 class LinearExample(AbstractVectorField):
@@ -324,6 +378,61 @@ def _check_size(name: str, value, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
+def is_noisy(dynamics) -> bool:
+    """Whether `dynamics` has private noise (a noisy field with `g` not `None`)."""
+    if not isinstance(dynamics, AbstractNoisyField):
+        return False
+    r = jnp.zeros((dynamics.state_size,))
+    return dynamics.diffusion(0.0, r, jnp.zeros((dynamics.input_size,))) is not None
+
+
+def recurrent_weights(dynamics) -> Array:
+    """The recurrent weights a `CTRNN` or `ElmanRNN` uses: the stored `W`, signed
+    by Dale's law (`|W| · diag(s)`) when `dynamics.dale` is set, times the
+    connection mask (`masked`)."""
+    return masked(signed(dynamics.W, dynamics.dale), dynamics.mask)
+
+
+def _check_noise(noise_std) -> float:
+    ok = isinstance(noise_std, (int, float, np.integer, np.floating))
+    if isinstance(noise_std, bool) or not ok or not (0 <= noise_std < np.inf):
+        raise ValueError(
+            f"`noise_std` must be a finite number >= 0 (the stationary standard "
+            f"deviation of the private noise; 0 for none), got {noise_std!r}"
+        )
+    return float(noise_std)
+
+
+def _dale(n: int, excitatory, observe) -> Dale | None:
+    if observe not in ("all", "excitatory"):
+        raise ValueError(f"`observe` must be 'all' or 'excitatory', got {observe!r}")
+    if excitatory is None:
+        if observe == "excitatory":
+            raise ValueError(
+                "`observe='excitatory'` reads out the excitatory units; set "
+                "`excitatory=` (e.g. 0.8) to have some"
+            )
+        return None
+    return Dale.from_fraction(n, excitatory)
+
+
+def _observed(n: int, dale: Dale | None, observe: str) -> int:
+    return n if observe == "all" else dale.excitatory
+
+
+def _connections(key, n: int, density, autapses) -> tuple[PRNGKeyArray, Mask | None]:
+    """`_sparse`, and with `autapses=False` no self-connections (the diagonal
+    off the mask)."""
+    if not isinstance(autapses, bool):
+        raise ValueError(f"`autapses` must be True or False, got {autapses!r}")
+    key, mask = _sparse(key, n, density)
+    if autapses:
+        return key, mask
+    base = np.ones((n, n), dtype=bool) if mask is None else mask.array.copy()
+    np.fill_diagonal(base, False)
+    return key, Mask(base)
 
 
 def masked(W: Array, mask: Mask | None) -> Array:

@@ -4,6 +4,12 @@
 Inputs are samples `x_i` at the observation times `t_i = t_0 + i dt`. Between two
 samples the input is held (`interpolation="constant"`, a zero-order hold) or
 interpolated linearly (`interpolation="linear"`).
+
+Noise. A field with private noise (`AbstractNoisyField`, e.g.
+`CTRNN(noise_std=σ)`) is the SDE `dr = F dt + g dW` with a diagonal `g`; a step
+given a `key` integrates it (Euler–Maruyama for `Euler`, the stochastic Heun
+method for `Heun`, a diffrax SDE solve over a Brownian path drawn from `key`
+for `Diffrax`); `key=None` integrates the noise-free ODE.
 """
 
 import abc
@@ -11,9 +17,11 @@ import math
 
 import diffrax
 import equinox as eqx
-from jaxtyping import Array, ArrayLike, Float
+import jax.random as jr
+import lineax as lx
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._dynamics import AbstractVectorField
+from ._dynamics import AbstractNoisyField, AbstractVectorField
 
 _INTERPOLATIONS = ("constant", "linear")
 
@@ -32,12 +40,16 @@ class AbstractIntegrator(eqx.Module):
         y: Float[Array, " state"],
         x: Float[Array, " input"],
         x_next: Float[Array, " input"],
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, " state"]:
-        """Advance `y` from `t` to `t + dt` with inputs `x` at `t`, `x_next` at `t + dt`."""
+        """Advance `y` from `t` to `t + dt` with inputs `x` at `t`, `x_next` at
+        `t + dt`; `key` draws the noise of a noisy field (`None`: noise-free)."""
 
 
 class Euler(AbstractIntegrator):
-    """Explicit Euler, `y_{i+1} = y_i + dt F(t_i, y_i, x_i)`; first order."""
+    """Explicit Euler, `y_{i+1} = y_i + dt F(t_i, y_i, x_i)`; first order. For a
+    noisy field, Euler–Maruyama: `+ g √dt ξ`, `ξ ~ N(0, I)` drawn from the key
+    (for `CTRNN(noise_std=σ)`, `√(2 dt/τ) σ ξ`)."""
 
     dt: float = eqx.field(static=True)
     interpolation: str = eqx.field(static=True, default="constant")
@@ -45,13 +57,18 @@ class Euler(AbstractIntegrator):
     def __check_init__(self):
         _check_integrator(self)
 
-    def step(self, field, t, y, x, x_next):
+    def step(self, field, t, y, x, x_next, key=None):
         del x_next
-        return y + self.dt * field(t, y, x)
+        y_new = y + self.dt * field(t, y, x)
+        noise = step_noise(field, self.dt, t, y, x, key)
+        return y_new if noise is None else y_new + noise
 
 
 class Heun(AbstractIntegrator):
-    """Heun's method (explicit trapezoid); second order."""
+    """Heun's method (explicit trapezoid); second order. For a noisy field, the
+    stochastic Heun method with the same increment `g √dt ξ` in the predictor
+    and the corrector (exact in distribution to first order for the additive
+    noise of `CTRNN`)."""
 
     dt: float = eqx.field(static=True)
     interpolation: str = eqx.field(static=True, default="constant")
@@ -59,12 +76,15 @@ class Heun(AbstractIntegrator):
     def __check_init__(self):
         _check_integrator(self)
 
-    def step(self, field, t, y, x, x_next):
+    def step(self, field, t, y, x, x_next, key=None):
         h = self.dt
         x1 = input_at(self.interpolation, 1.0, x, x_next)
+        noise = step_noise(field, h, t, y, x, key)
         k1 = field(t, y, x)
-        k2 = field(t + h, y + h * k1, x1)
-        return y + 0.5 * h * (k1 + k2)
+        y1 = y + h * k1 if noise is None else y + h * k1 + noise
+        k2 = field(t + h, y1, x1)
+        y_new = y + 0.5 * h * (k1 + k2)
+        return y_new if noise is None else y_new + noise
 
 
 class RK4(AbstractIntegrator):
@@ -76,7 +96,12 @@ class RK4(AbstractIntegrator):
     def __check_init__(self):
         _check_integrator(self)
 
-    def step(self, field, t, y, x, x_next):
+    def step(self, field, t, y, x, x_next, key=None):
+        if step_noise(field, self.dt, t, y, x, key) is not None:
+            raise ValueError(
+                "`RK4` is not a method for noisy dynamics; use `Euler` or `Heun`, "
+                "or `Diffrax` with an SDE solver (e.g. `diffrax.ShARK()`)"
+            )
         h = self.dt
         xm = input_at(self.interpolation, 0.5, x, x_next)
         x1 = input_at(self.interpolation, 1.0, x, x_next)
@@ -103,6 +128,12 @@ class Diffrax(AbstractIntegrator):
       pull back through one interval.
     - `max_steps`: inner solver steps allowed per interval; exceeding it raises.
     - `interpolation`: `"constant"` or `"linear"` input between samples.
+
+    A noisy field (`CTRNN(noise_std=σ)`) given a key is solved as the SDE
+    `dr = F dt + g dW` (`MultiTerm(ODETerm, ControlTerm)`) over a
+    `diffrax.VirtualBrownianTree` on `[t, t + dt]` drawn from the key; the
+    solver must then be an SDE solver (`diffrax.Euler()`, `Heun()`,
+    `EulerHeun()`, `ShARK()`, `SRA1()`, `SEA()`, …).
     """
 
     dt: float = eqx.field(static=True)
@@ -116,7 +147,7 @@ class Diffrax(AbstractIntegrator):
     def __check_init__(self):
         _check_integrator(self)
 
-    def step(self, field, t, y, x, x_next):
+    def step(self, field, t, y, x, x_next, key=None):
         interpolation = self.interpolation
         dt = self.dt
 
@@ -133,8 +164,35 @@ class Diffrax(AbstractIntegrator):
             self.stepsize_controller, diffrax.ConstantStepSize
         ):
             dt0 = self.dt
+        term = diffrax.ODETerm(vf)
+        if key is not None and _diffusion(field, t, y, x) is not None:
+            if not isinstance(self.solver, _SDE_SOLVERS):
+                raise ValueError(
+                    f"`Diffrax(solver={type(self.solver).__name__}())` cannot solve "
+                    "the noisy dynamics' SDE; pass an SDE solver, e.g. "
+                    "`diffrax.Euler()`, `diffrax.Heun()` or `diffrax.ShARK()`"
+                )
+
+            def diffusion(s, y, args):
+                field, t0, x, x_next = args
+                c = (s - t0) / dt
+                g = _diffusion(field, s, y, input_at(interpolation, c, x, x_next))
+                return lx.DiagonalLinearOperator(g)
+
+            inner = self.dt if dt0 is None else dt0
+            # a little past t + dt: a solver's last stage may land a rounding
+            # error beyond it (the increments are the same Brownian motion's)
+            path = diffrax.VirtualBrownianTree(
+                t,
+                t + self.dt * (1 + 1e-6),
+                tol=inner / 16,
+                shape=y.shape,
+                key=key,
+                levy_area=_levy_area(self.solver),
+            )
+            term = diffrax.MultiTerm(term, diffrax.ControlTerm(diffusion, path))
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vf),
+            term,
             self.solver,
             t0=t,
             t1=t + self.dt,
@@ -147,6 +205,52 @@ class Diffrax(AbstractIntegrator):
             saveat=diffrax.SaveAt(t1=True),
         )
         return sol.ys[-1]
+
+
+def step_noise(field, dt: float, t, y, x, key) -> Array | None:
+    """The noise increment `g √dt ξ` of one step of a noisy field (`ξ ~ N(0, I)`
+    drawn from `key`), or `None` for a noise-free field or `key=None`."""
+    if key is None:
+        return None
+    g = _diffusion(field, t, y, x)
+    if g is None:
+        return None
+    xi = jr.normal(key, y.shape, dtype=y.dtype)
+    return (g * math.sqrt(dt)).astype(y.dtype) * xi
+
+
+def _diffusion(field, t, y, x):
+    if not isinstance(field, AbstractNoisyField):
+        return None
+    return field.diffusion(t, y, x)
+
+
+def _levy_area(solver):
+    """The Brownian path's Lévy area that `solver` needs (ShARK, SRA1 and SEA
+    need the space-time one)."""
+    if isinstance(solver, diffrax.AbstractSRK):
+        need = solver.minimal_levy_area
+        for area in (diffrax.SpaceTimeLevyArea, diffrax.SpaceTimeTimeLevyArea):
+            if issubclass(area, need):
+                return area
+    return diffrax.BrownianIncrement
+
+
+_SDE_SOLVERS = (
+    diffrax.Euler,
+    diffrax.Heun,
+    diffrax.EulerHeun,
+    diffrax.ReversibleHeun,
+    diffrax.Midpoint,
+    diffrax.ItoMilstein,
+    diffrax.StratonovichMilstein,
+    diffrax.SEA,
+    diffrax.SRA1,
+    diffrax.ShARK,
+    diffrax.GeneralShARK,
+    diffrax.SPaRK,
+    diffrax.SlowRK,
+)
 
 
 def input_at(interpolation, c, x, x_next):

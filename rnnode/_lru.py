@@ -11,6 +11,7 @@ import jax.random as jr
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from ._dynamics import AbstractSequenceCell, _check_size
+from ._linear_scan import linear_scan
 
 
 class LRU(AbstractSequenceCell):
@@ -131,7 +132,7 @@ class LRU(AbstractSequenceCell):
     def sequence(self, h0, xs):
         lam = self.eigenvalues()
         b = self.drive(xs)
-        if self.parallel:
+        if self.parallel:  # depth O(log T): a diagonal associative scan
             hs = linear_scan(lam, b, self.hidden(h0))
         else:
 
@@ -141,28 +142,6 @@ class LRU(AbstractSequenceCell):
 
             _, hs = jax.lax.scan(body, self.hidden(h0), b)
         return self.assemble(hs, xs)
-
-
-def linear_scan(
-    lam: Complex[Array, " n"], b: Complex[Array, "time n"], h0: Complex[Array, " n"]
-) -> Complex[Array, "time n"]:
-    """All `h_t = λ ⊙ h_{t-1} + b_t` by a parallel prefix scan over time.
-
-    The pairs `(λ^k, h)` compose associatively as `(a₁, b₁) ∘ (a₂, b₂) =
-    (a₂ a₁, a₂ b₁ + b₂)` (Blelloch, 1990; Martin & Cundy, 2018), so
-    `jax.lax.associative_scan` gives every prefix in `O(log T)` depth; `jax.grad`
-    differentiates through it (that is BPTT by the same parallel scan).
-    """
-    b = b.at[0].add(lam * h0)
-    a = jnp.broadcast_to(lam, b.shape)
-
-    def combine(left, right):
-        a1, b1 = left
-        a2, b2 = right
-        return a2 * a1, a2 * b1 + b2
-
-    _, hs = jax.lax.associative_scan(combine, (a, b))
-    return hs
 
 
 def _check_ring(r_min, r_max, max_phase) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._dynamics import (
     AbstractCell,
@@ -15,7 +15,7 @@ from ._dynamics import (
     AbstractVectorField,
 )
 from ._integrate import AbstractIntegrator
-from ._step_inputs import SequenceInputs
+from ._step_inputs import SequenceInputs, batch_keys, step_key
 
 
 class Model(eqx.Module):
@@ -116,13 +116,15 @@ class Model(eqx.Module):
         t: Float[ArrayLike, ""],
         x: Float[Array, " input"],
         x_next: Float[Array, " input"],
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, " state"]:
         """One step: `h_t` from `h_{t-1}`, with input `x` (and the next sample
-        `x_next`, used by integrators that interpolate the input)."""
+        `x_next`, used by integrators that interpolate the input); `key` draws
+        this step's private noise (noisy dynamics only; `None`: noise-free)."""
         if self.integrator is None:
-            del t, x_next
+            del t, x_next, key
             return self.dynamics(h, x)
-        return self.integrator.step(self.dynamics, t, h, x, x_next)
+        return self.integrator.step(self.dynamics, t, h, x, x_next, key)
 
     def output(self, h: Float[Array, " state"]) -> Float[Array, " out"]:
         """The readout of a state."""
@@ -130,23 +132,33 @@ class Model(eqx.Module):
         return obs if self.readout is None else self.readout(obs)
 
     def step_inputs(
-        self, xs: Float[Array, "time input"], t0: float = 0.0
-    ) -> tuple[
-        Float[Array, " time"], Float[Array, "time input"], Float[Array, "time input"]
-    ]:
+        self,
+        xs: Float[Array, "time input"],
+        t0: float = 0.0,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple:
         """The per-step arguments `(t, x, x_next)` of `step` for a whole sequence,
-        as arrays of length `T` (`sequence_inputs` builds them one step at a time)."""
+        as arrays of length `T` (`sequence_inputs` builds them one step at a
+        time); with a noise `key`, also the steps' keys `fold_in(key, i)`:
+        `(t, x, x_next, k)`."""
         T = xs.shape[0]
         ts = t0 + self.dt * jnp.arange(T, dtype=xs.dtype)
         xs_next = jnp.concatenate([xs[1:], xs[-1:]], axis=0)
-        return ts, xs, xs_next
+        if key is None:  # noise-free
+            return ts, xs, xs_next
+        keys = jax.vmap(lambda i: step_key(key, i))(jnp.arange(T))
+        return ts, xs, xs_next, keys
 
     def sequence_inputs(
-        self, xs: Float[Array, "time input"], t0: float = 0.0
+        self,
+        xs: Float[Array, "time input"],
+        t0: float = 0.0,
+        key: PRNGKeyArray | None = None,
     ) -> SequenceInputs:
-        """The per-step arguments `(t, x, x_next)` of `step`, each built when its
-        step comes (`.at(i)`), from `xs` alone."""
-        return SequenceInputs(xs, t0, self.dt)
+        """The per-step arguments `(t, x, x_next)` of `step` (with a noise `key`,
+        `(t, x, x_next, k)`), each built when its step comes (`.at(i)`), from
+        `xs` (and `key`) alone."""
+        return SequenceInputs(xs, t0, self.dt, key)
 
     def rollout(
         self,
@@ -154,26 +166,33 @@ class Model(eqx.Module):
         *,
         h0: Float[ArrayLike, "*batch state"] | None = None,
         t0: float = 0.0,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "time *batch state"], Float[Array, "time *batch out"]]:
         """Run over a time-major sequence, `(time, input)` or `(time, batch, input)`.
+
+        `key` draws the private noise of noisy dynamics (`CTRNN(noise_std=σ)`):
+        step `i` of a sequence uses `fold_in(key, i)`, and the sequences of a
+        batch `split(key, B)`, so `sequence_loss(..., key=key)` sees the same
+        realisation; `None` (default) runs noise-free.
 
         **Returns:** `(hs, outs)`, the states `h_1 … h_T` and their readouts.
         """
         xs = check_inputs(self, xs)
         if xs.ndim == 3:
             h0_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
+            keys = batch_keys(key, xs.shape[1])
             fn = jax.vmap(
-                lambda x, h: self.rollout(x, h0=h, t0=t0),
-                in_axes=(1, h0_axis),
+                lambda x, h, k: self.rollout(x, h0=h, t0=t0, key=k),
+                in_axes=(1, h0_axis, None if keys is None else 0),
                 out_axes=(1, 1),
             )
-            return fn(xs, h0)
+            return fn(xs, h0, keys)
         h = self.init_state() if h0 is None else jnp.asarray(h0)
         if self.parallel:
             hs = self.dynamics.sequence(h, xs)
             return hs, jax.vmap(self.output)(hs)
 
-        inputs = self.sequence_inputs(xs, t0)
+        inputs = self.sequence_inputs(xs, t0, key)
 
         def body(carry, _):
             h, i = carry  # a counter: the step's inputs are built here

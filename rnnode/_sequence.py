@@ -5,10 +5,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._losses import mse
 from ._model import Model, check_inputs
+from ._step_inputs import batch_keys
 from .gradients import (
     AbstractBatchGradient,
     AbstractGradient,
@@ -27,6 +28,7 @@ def sequence_loss(
     gradient: AbstractGradient = Autodiff(),
     h0: Float[ArrayLike, "*batch state"] | None = None,
     t0: float = 0.0,
+    key: PRNGKeyArray | None = None,
 ) -> Float[Array, ""]:
     """The loss `L = mean_batch Σ_t a_t l(output(h_t), y_t)`, differentiable by `gradient`.
 
@@ -47,6 +49,12 @@ def sequence_loss(
       back through it; the other methods step the model one input at a time.
     - `h0`: initial state(s); default `model.init_state()`.
     - `t0`: the time of the first sample.
+    - `key`: the realisation of the private noise of noisy dynamics
+      (`CTRNN(noise_std=σ)`); `None` (default) runs noise-free. The sequences of
+      a batch get `jax.random.split(key, B)` and step `i` of a sequence
+      `fold_in(its key, i)`, drawn inside the loop (no `(T, B, n)` array): every
+      gradient method sees the same realisation for the same key, and
+      `Model.rollout(xs, key=key)` runs it.
 
     **Returns:** a scalar.
     """
@@ -63,7 +71,7 @@ def sequence_loss(
     def step_loss(params, h, y):
         return loss(params.output(h), y)
 
-    def one(x, y, a, h):
+    def one(x, y, a, h, k):
         if h is None:
             h = model.init_state()
         if model.parallel and isinstance(gradient, Autodiff):
@@ -77,22 +85,26 @@ def sequence_loss(
             params=model,
             h0=jnp.asarray(h, dtype=x.dtype),
             # a stepwise method builds each step's inputs inside its loop
-            inputs=model.sequence_inputs(x, t0)
+            inputs=model.sequence_inputs(x, t0, k)
             if isinstance(gradient, AbstractStepwiseGradient)
-            else model.step_inputs(x, t0),
+            else model.step_inputs(x, t0, k),
             targets=y,
             weights=a,
         )
 
     if not batched:
-        return one(xs, ys, weights, h0)
+        return one(xs, ys, weights, h0, key)
+    B = xs.shape[1]
+    keys = batch_keys(key, B)
+    k_axis = None if keys is None else 0
     if isinstance(gradient, AbstractBatchGradient):
         # The strategy handles a whole batch itself (e.g. `BPTT`, whose custom VJP
         # then contracts the parameter gradient over the batch).
-        B = xs.shape[1]
         h = model.init_state() if h0 is None else h0
         h = jnp.broadcast_to(jnp.asarray(h, dtype=xs.dtype), (B, model.state_size))
-        inputs = jax.vmap(lambda x: model.step_inputs(x, t0), in_axes=1, out_axes=1)(xs)
+        inputs = jax.vmap(
+            lambda x, k: model.step_inputs(x, t0, k), in_axes=(1, k_axis), out_axes=1
+        )(xs, keys)
         return gradient.batch_loss(
             step=step,
             loss=step_loss,
@@ -104,7 +116,9 @@ def sequence_loss(
         )
     w_axis = 1 if weights.ndim == 2 else None
     h_axis = None if h0 is None or jnp.ndim(h0) == 1 else 0
-    per_seq = jax.vmap(one, in_axes=(1, 1, w_axis, h_axis))(xs, ys, weights, h0)
+    per_seq = jax.vmap(one, in_axes=(1, 1, w_axis, h_axis, k_axis))(
+        xs, ys, weights, h0, keys
+    )
     return jnp.mean(per_seq)
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import textwrap
 import warnings
 from pathlib import Path
+
+from ._analyse_flags import (
+    fixed_point_flags_problem,
+    fixed_point_input,
+    search_options,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -167,6 +172,43 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="fixed_points: how many starts, drawn from the visited states plus "
         "noise (default 64)",
+    )
+    a.add_argument(
+        "--tols",
+        metavar="T1,T2,…",
+        help="fixed_points, line_attractor: several largest speeds; points up to "
+        "the largest are kept (slow points), the search goes on to the smallest",
+    )
+    a.add_argument(
+        "--starts-from",
+        choices=("states", "noise"),
+        help="fixed_points: starts from the visited states plus noise (default) "
+        "or from noise around 0",
+    )
+    a.add_argument(
+        "--noise",
+        type=float,
+        metavar="STD",
+        help="fixed_points, line_attractor: the std of the noise added to the "
+        "starts (default 10%% of the states' std; 1 from noise)",
+    )
+    a.add_argument(
+        "--method",
+        choices=("optimise", "newton"),
+        help="fixed_points: Adam then Newton (default) or Levenberg-Marquardt",
+    )
+    a.add_argument(
+        "--per-context",
+        action="store_true",
+        help="fixed_points: search under each context's input (tasks with a "
+        "`context` condition, e.g. context), from that context's states",
+    )
+    a.add_argument(
+        "--selection",
+        metavar="I,J",
+        help="fixed_points, line_attractor: the stimulus inputs (0-based) on "
+        "which to project the slow mode's selection vector (default for the "
+        "context task: its two streams)",
     )
 
     from .sweep import add_sweep_parser
@@ -330,7 +372,7 @@ def _cmd_analyse(args) -> int:
     if args.sequences < 1:
         _err(f"--sequences: must be >= 1, got {args.sequences}")
         return EXIT_CONFIG
-    problem = _fixed_point_flags_problem(args)
+    problem = fixed_point_flags_problem(args)
     if problem:
         _err(problem)
         return EXIT_CONFIG
@@ -342,15 +384,24 @@ def _cmd_analyse(args) -> int:
 
     model, cfg, task = load_run(run_dir)
     options = {}
+    if args.what in ("fixed_points", "line_attractor"):
+        extra, problem = search_options(args, task)
+        if problem:
+            _err(problem)
+            return EXIT_CONFIG
+        options |= extra
+    if args.what == "line_attractor":
+        options["num_starts"] = args.starts
     if args.what == "fixed_points":
-        x, source = _fixed_point_input(args.input, task)
+        x, source = fixed_point_input(args.input, task)
         if len(x) != task.input_size:
             _err(
                 f"--input: the model takes {task.input_size} input(s), got {len(x)} "
                 f"value(s) {args.input!r}; give {task.input_size} comma-separated numbers"
             )
             return EXIT_CONFIG
-        options = {"x": x, "tol": args.tol, "num_starts": args.starts}
+        options |= {"x": x, "num_starts": args.starts}
+        options["tol"] = options.get("tol") or args.tol
     with x64_context(cfg):
         import jax.numpy as jnp
 
@@ -375,8 +426,14 @@ def _cmd_analyse(args) -> int:
     if args.what == "alignment":
         print(analysis.GradientAlignment.from_dict(result))
     elif args.what == "fixed_points":
-        print(f"{run_dir}: fixed points at input ({args.input or source})")
+        where = (
+            "per context" if args.per_context else f"at input ({args.input or source})"
+        )
+        print(f"{run_dir}: fixed points {where}")
         print(analysis.fixed_point_table(result))
+    elif args.what == "line_attractor":
+        print(f"{run_dir}: slow points per context")
+        print(analysis.line_attractor_table(result))
     else:
         from .train import to_json
 
@@ -385,48 +442,6 @@ def _cmd_analyse(args) -> int:
         print("\n".join(lines[:40] + (["  …"] if len(lines) > 40 else [])))
     print(f"Results in {out_dir}/ ({args.what}.json, {args.what}.png)")
     return EXIT_OK
-
-
-def _fixed_point_flags_problem(args) -> str | None:
-    """What is wrong with `--input`, `--tol`, `--starts`, or `None`."""
-    given = [
-        f"--{name}"
-        for name in ("input", "tol", "starts")
-        if getattr(args, name) is not None
-    ]
-    if given and args.what != "fixed_points":
-        return (
-            f"{', '.join(given)}: only used by --what fixed_points, not {args.what}; "
-            "leave it out"
-        )
-    if args.tol is not None and not args.tol > 0:  # also NaN
-        return f"--tol: must be > 0, got {args.tol}"
-    if args.starts is not None and args.starts < 1:
-        return f"--starts: must be >= 1, got {args.starts}"
-    if args.input is not None:
-        try:
-            values = [float(v) for v in args.input.split(",")]
-        except ValueError:
-            return (
-                f"--input: expected comma-separated numbers such as 0,0,0, got "
-                f"{args.input!r}"
-            )
-        if not all(math.isfinite(v) for v in values):
-            return f"--input: the values must be finite, got {args.input!r}"
-    return None
-
-
-def _fixed_point_input(text: str | None, task) -> tuple[list[float], str]:
-    """The constant input of `--input` (checked), else the task's resting input,
-    else zeros; and words for where it came from."""
-    if text is not None:
-        return [float(v) for v in text.split(",")], "given"
-    if task.rest_input is not None:
-        label = ", ".join(f"{v:g}" for v in task.rest_input)
-        return list(task.rest_input), f"{label}: the task's resting input"
-    zeros = [0.0] * task.input_size
-    label = ", ".join("0" for _ in zeros)
-    return zeros, f"{label}: zeros, task {task.name} defines no resting input"
 
 
 def _cmd_sweep(args) -> int:

@@ -13,21 +13,10 @@ import jax.random as jr
 import numpy as np
 import pytest
 import scipy.optimize
+from _zoo import analysis_model
 
 import rnnode as rn
 from rnnode import analysis as an
-
-
-def _model(name, key):
-    k1, k2 = jr.split(key)
-    if name == "elman":
-        return rn.Model(rn.ElmanRNN(4, 2, key=k1), readout=rn.Linear(4, 3, key=k2))
-    if name == "lstm":
-        return rn.Model(rn.LSTM(3, 2, forget_bias=1.0, key=k1))
-    if name == "ctrnn":
-        cell = rn.CTRNN(4, 2, gain=1.5, key=k1)
-        return rn.Model(cell, rn.RK4(0.1), rn.Linear(4, 3, key=k2))
-    return rn.Model(rn.GRU(3, 2, key=k1))
 
 
 def _inputs(key, T=12, m=2):
@@ -36,7 +25,7 @@ def _inputs(key, T=12, m=2):
 
 @pytest.mark.parametrize("name", ["elman", "lstm", "ctrnn", "gru"])
 def test_step_jacobians_match_jacfwd(name, key, getkey):
-    model = _model(name, key)
+    model = analysis_model(name, key)
     xs = _inputs(getkey())
     h0 = 0.3 * jr.normal(getkey(), (model.state_size,))
     Js = an.step_jacobians(model, xs, h0=h0)
@@ -56,7 +45,7 @@ def test_step_jacobians_diffrax_falls_back_to_reverse_mode(key, getkey):
 
 
 def test_products_and_spectra_match_explicit(key, getkey):
-    model = _model("lstm", key)
+    model = analysis_model("lstm", key)
     xs = _inputs(getkey(), T=10)
     T, n = xs.shape[0], model.state_size
     Js = np.asarray(an.step_jacobians(model, xs))
@@ -132,7 +121,7 @@ def test_matrix_power_norms(getkey):
 
 @pytest.mark.parametrize("name", ["lstm", "ctrnn"])
 def test_gradient_norm_vs_lag_matches_grad_wrt_states(name, key, getkey):
-    model = _model(name, key)
+    model = analysis_model(name, key)
     T = 9
     xs = _inputs(getkey(), T=T)
     out = model.output(jnp.zeros(model.state_size)).shape[0]
@@ -276,7 +265,7 @@ def test_fixed_points_warn_when_none_converge(key, getkey):
 
 @pytest.mark.parametrize("what", an.ANALYSES)
 def test_run_analysis_writes_json_and_png(what, key, getkey, tmp_path):
-    model = _model("elman", key)
+    model = analysis_model("elman", key)
     xs = jr.normal(getkey(), (30, 3, 2))
     ys = jr.normal(getkey(), (30, 3, 3)) if what == "alignment" else None
     result = an.run_analysis(model, xs, what=what, out_dir=tmp_path / "a", ys=ys)
@@ -291,7 +280,7 @@ def test_run_analysis_writes_json_and_png(what, key, getkey, tmp_path):
 
 
 def test_errors(key, tmp_path):
-    model = _model("elman", key)
+    model = analysis_model("elman", key)
     xs = jnp.zeros((5, 2))
     with pytest.raises(ValueError, match="unknown analysis `what='lyap'`"):
         an.run_analysis(model, xs, what="lyap", out_dir=tmp_path)

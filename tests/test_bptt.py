@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _gradcheck import fd_rel_errors, rel
 from _zoo import K, M, zoo_model
 
 import rnnode as rn
@@ -35,42 +36,6 @@ def _data(model, key, T=T, batch=(B,)):
     return xs, ys, ws
 
 
-def _flat(tree):
-    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
-
-
-def _rel(a, b):
-    """Max-norm difference of two pytrees relative to the max-norm of `b`."""
-    fa, fb = _flat(a), _flat(b)
-    return float(np.max(np.abs(fa - fb)) / np.max(np.abs(fb)))
-
-
-def _fd_rel_errors(f, params, grads, key, num=5, eps=1e-6):
-    """Central differences of `f` (jitted, taking `params`) at a few randomly chosen
-    entries of `params`, compared with each of `grads`: max error relative to the
-    largest gradient entry among those chosen. (NumPy bookkeeping: no new
-    compilations besides `f`.)"""
-    leaves, treedef = jax.tree.flatten(params)
-    leaves = [np.asarray(x) for x in leaves]
-    sizes = np.cumsum([0] + [x.size for x in leaves])
-    idx = np.random.default_rng(int(jr.randint(key, (), 0, 2**30))).choice(
-        sizes[-1], min(num, sizes[-1]), replace=False
-    )
-
-    def shifted(i, delta):
-        k = int(np.searchsorted(sizes, i, side="right") - 1)
-        new = [x.copy() for x in leaves]
-        new[k].flat[i - sizes[k]] += delta
-        return jax.tree.unflatten(treedef, new)
-
-    fd = np.array([(f(shifted(i, eps)) - f(shifted(i, -eps))) / (2 * eps) for i in idx])
-    errors = []
-    for grad in grads:
-        g = _flat(grad)[idx]
-        errors.append(float(np.max(np.abs(fd - g)) / np.max(np.abs(g))))
-    return errors
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_matches_autodiff_and_fd(name, getkey):
     # T = 13 and 4 checkpoints: 4 segments of 4 steps after 3 masked padding steps.
@@ -90,9 +55,9 @@ def test_matches_autodiff_and_fd(name, getkey):
     values, grads = run(params)
     for v, g in zip(values[1:], grads[1:], strict=True):
         np.testing.assert_allclose(v, values[0], rtol=1e-12)
-        assert _rel(g, grads[0]) < 1e-10
+        assert rel(g, grads[0]) < 1e-10
     # (The finite differences reuse the compiled function: its first value.)
-    errors = _fd_rel_errors(lambda p: run(p)[0][0], params, grads[1:], getkey())
+    errors = fd_rel_errors(lambda p: run(p)[0][0], params, grads[1:], getkey())
     assert max(errors) < 1e-6
 
 
@@ -125,9 +90,9 @@ def test_vmap_grad_and_grad_vmap(getkey):
         )
 
     vg_ref, vg, gv = everything(params)
-    assert _rel(vg, vg_ref) < 1e-10
+    assert rel(vg, vg_ref) < 1e-10
     mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), vg_ref)
-    assert _rel(gv, mean) < 1e-10
+    assert rel(gv, mean) < 1e-10
 
 
 def _truncated_reference(model, xs, ys, ws, k):
@@ -172,9 +137,9 @@ def test_truncated_equals_stop_gradient(name, getkey):
         return refs, got
 
     (ref3, ref5), (got3, got5) = grads(params)
-    assert _rel(got3, ref3) < 1e-10
-    assert _rel(got5, ref5) < 1e-10
-    assert _rel(ref3, ref5) > 1e-3  # truncation matters here
+    assert rel(got3, ref3) < 1e-10
+    assert rel(got5, ref5) < 1e-10
+    assert rel(ref3, ref5) > 1e-3  # truncation matters here
     if model.learn_initial_state:
         assert np.max(np.abs(np.asarray(got3.initial_state))) > 0
     else:  # sparse: nothing reaches the missing connections
@@ -208,7 +173,7 @@ def test_gradients_wrt_everything(getkey):
         for a, b in zip(
             g, ref, strict=True
         ):  # each argument's gradient on its own scale
-            assert _rel(a, b) < 1e-10
+            assert rel(a, b) < 1e-10
 
 
 def test_integer_targets_and_batch_weights(getkey):
@@ -238,8 +203,8 @@ def test_integer_targets_and_batch_weights(getkey):
 
     ref, got = grads(model)
     assert np.max(np.abs(np.asarray(ref.initial_state))) > 0
-    assert _rel(got, ref) < 1e-10
-    assert _rel(got.initial_state, ref.initial_state) < 1e-10
+    assert rel(got, ref) < 1e-10
+    assert rel(got.initial_state, ref.initial_state) < 1e-10
 
 
 def test_adjoint_trajectory(getkey):
@@ -287,7 +252,7 @@ def test_adjoint_trajectory(getkey):
     out = run()
     for k in [None, 4]:
         assert out[f"lam{k}"].shape == (T, B, model.state_size)
-        assert _rel(out[f"lam{k}"], out[f"ref{k}"]) < 1e-10
+        assert rel(out[f"lam{k}"], out[f"ref{k}"]) < 1e-10
     assert out["lam0"].shape == (T, model.state_size)
     np.testing.assert_allclose(
         out["lam0"], out["lamNone"][:, 0], rtol=1e-12, atol=1e-15
@@ -317,7 +282,7 @@ def test_diffrax_backsolve_adjoint(getkey):
 
     (v, g), (v_exact, g_exact) = run(model, discrete)
     np.testing.assert_allclose(v, v_exact, rtol=1e-12)
-    assert 1e-7 < _rel(g, g_exact) < 5e-3
+    assert 1e-7 < rel(g, g_exact) < 5e-3
 
 
 def test_checkpointing_stores_fewer_states():

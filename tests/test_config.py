@@ -167,8 +167,21 @@ BAD = [
     (["model.options.density=0.5"], "model.options.density: unknown option for ctrnn"),
     (
         ["gradient.name=rtlr"],
-        "gradient.name: must be one of 'autodiff', 'bptt', 'rtrl', 'implicit', 'snap', "
-        "'uoro', 'kf_rtrl', 'rflo', 'eprop' or 'layer_local', got 'rtlr'",
+        "gradient.name: must be one of 'autodiff', 'bptt', 'rtrl', 'implicit', "
+        "'deer', 'elk', 'snap', 'uoro', 'kf_rtrl', 'rflo', 'eprop' or 'layer_local', "
+        "got 'rtlr'",
+    ),
+    (
+        ["gradient.name=deer", "gradient.damping=2"],
+        "gradient.damping: deer: `DEER(damping=2)` must be a number in [0, 1]",
+    ),
+    (
+        ["gradient.name=elk", "gradient.penalty=-1"],
+        "gradient.penalty: elk: `ELK(penalty=-1)` must be a finite number >= 0",
+    ),
+    (
+        ["gradient.name=deer", "gradient.max_steps=0"],
+        "gradient.max_steps: deer: `DEER(max_steps=0)` must be None",
     ),
     (
         ["task.name=steady_state", "gradient.name=uoro"],

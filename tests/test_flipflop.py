@@ -200,6 +200,24 @@ def test_analyse_fixed_points_flags_table_and_json(run, capsys):
             ["--what", "lyapunov", "--tol", "1e-6"],
             "--tol: only used by --what fixed_points, not lyapunov",
         ),
+        (["--tols", "1e-4,nan"], "--tols: each must be a finite number > 0"),
+        (["--tols", "1e-4,x"], "--tols: expected comma-separated numbers"),
+        (["--tol", "1e-6", "--tols", "1e-4"], "--tols: give either --tol or --tols"),
+        (["--noise", "-1"], "--noise: must be a finite number >= 0, got -1.0"),
+        (["--selection", "a"], "--selection: expected comma-separated input indices"),
+        (["--selection", "7"], "--selection: input indices must be in [0, 3)"),
+        (
+            ["--what", "lyapunov", "--per-context"],
+            "--per-context: only used by --what fixed_points, not lyapunov",
+        ),
+        (
+            ["--per-context"],
+            "--per-context: task flipflop has no `context` condition",
+        ),
+        (
+            ["--what", "line_attractor"],
+            "--what line_attractor: task flipflop has no `context` condition",
+        ),
     ],
 )
 def test_analyse_flag_errors_exit_2(run, flags, message, capsys):

@@ -8,6 +8,8 @@ import jax.random as jr
 import lineax as lx
 import numpy as np
 import pytest
+from _gradcheck import rel
+from _zoo import contractive_ctrnn, equilibrium_elman
 from jaxtyping import Array
 
 import rnnode
@@ -55,39 +57,7 @@ class Rotation(rnnode.AbstractCell):
         return state
 
 
-def _rel(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)
-
-
-def _tree_rel(a, b):
-    """Max abs difference over all leaves, relative to the largest entry of `b`
-    (some entries are exactly zero, e.g. `dh*/dτ`: τ does not move the zeros of F)."""
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    diff = max(
-        np.max(np.abs(np.asarray(x) - np.asarray(y)))
-        for x, y in zip(la, lb, strict=True)
-    )
-    scale = max(np.max(np.abs(np.asarray(y))) for y in lb)
-    return diff / scale
-
-
-def _ctrnn_model(key, n=6, m=3, k=2):
-    k1, k2, k3 = jr.split(key, 3)
-    dyn = rnnode.CTRNN(n, m, gain=0.6, tau=1.0, learn_tau=True, key=k1)
-    dyn = eqx.tree_at(lambda d: d.b, dyn, 0.1 * jr.normal(k3, (n,)))
-    return rnnode.Model(dyn, rnnode.Euler(0.1), rnnode.Linear(n, k, key=k2))
-
-
-def _elman_model(key, n=6, m=3, k=2):
-    k1, k2 = jr.split(key)
-    return rnnode.Model(
-        rnnode.ElmanRNN(n, m, key=k1), None, rnnode.Linear(n, k, key=k2)
-    )
-
-
-MODELS = {"ctrnn": _ctrnn_model, "elman": _elman_model}
+MODELS = {"ctrnn": contractive_ctrnn, "elman": equilibrium_elman}
 
 
 # ---------------------------------------------------------------------------
@@ -172,9 +142,9 @@ def test_implicit_matches_unrolled_and_fd(name, with_gmres, getkey):
         }
 
     g = grads(params, xs)
-    assert _tree_rel(g["implicit"], g["unrolled"]) < 1e-8
+    assert rel(g["implicit"], g["unrolled"]) < 1e-8
     if with_gmres:
-        assert _tree_rel(g["gmres"], g["unrolled"]) < 1e-8
+        assert rel(g["gmres"], g["unrolled"]) < 1e-8
 
     # central finite differences along random directions in (params, xs)
     f = jax.jit(lambda p, x: equilibrium_loss(eqx.combine(p, static), x, ys))
@@ -196,7 +166,7 @@ def test_implicit_matches_unrolled_and_fd(name, with_gmres, getkey):
 def test_vmap_grad_and_grad_vmap(getkey):
     """Per-example gradients under `vmap(grad)` average to `grad` of the batch loss,
     and `grad` of a `vmap` of single-example equilibria gives the same."""
-    model = _elman_model(getkey())
+    model = equilibrium_elman(getkey())
     xs = jr.normal(getkey(), (3, 3))
     ys = jr.normal(getkey(), (3, 2))
 
@@ -205,14 +175,14 @@ def test_vmap_grad_and_grad_vmap(getkey):
         eqx.filter_vmap(eqx.filter_grad(equilibrium_loss), in_axes=(None, 0, 0))
     )(model, xs, ys)
     averaged = jax.tree.map(lambda a: jnp.mean(a, axis=0), per)
-    assert _tree_rel(averaged, g) < 1e-10
+    assert rel(averaged, g) < 1e-10
 
     # grad(vmap): vmap of single-example equilibria inside the loss
     def vloss(m):
         hs = jax.vmap(lambda x: equilibrium(m, x))(xs)
         return jnp.mean(jax.vmap(lambda h, y: rnnode.mse(m.output(h), y))(hs, ys))
 
-    assert _tree_rel(eqx.filter_grad(vloss)(model), g) < 1e-10
+    assert rel(eqx.filter_grad(vloss)(model), g) < 1e-10
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +212,7 @@ def test_solvers_agree_anderson_fewer_steps(getkey):
 
 
 def test_single_input_shapes_and_h0(getkey):
-    model = _elman_model(getkey())
+    model = equilibrium_elman(getkey())
     x = jr.normal(getkey(), (3,))
     sol = equilibrium(model, x, return_info=True)
     assert sol.value.shape == (6,)
@@ -262,7 +232,7 @@ def test_single_input_shapes_and_h0(getkey):
 
 
 def test_spectral_radius_estimate(getkey):
-    model = _ctrnn_model(getkey())
+    model = contractive_ctrnn(getkey())
     x = jr.normal(getkey(), (3,))
     h = equilibrium(model, x)
     G = rnnode.fixed_point_map(model.dynamics)
@@ -336,7 +306,7 @@ def test_adjoint_failure_reported():
 
 
 def test_argument_checks(getkey):
-    model = _elman_model(getkey())
+    model = equilibrium_elman(getkey())
     with pytest.raises(ValueError, match="shape"):
         equilibrium(model, jnp.zeros((4,)))
     with pytest.raises(ValueError, match="solver"):

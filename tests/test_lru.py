@@ -10,23 +10,11 @@ import jax.random as jr
 import numpy as np
 import pytest
 from _gradcheck import check_gradients, flat_loss
+from _zoo import lru_model
 
 import rnnode as rn
 
 T, M, K = 15, 3, 2
-
-
-def _model(key, *, parallel=False, learn_initial_state=False, **kwargs):
-    k1, k2, k3 = jr.split(key, 3)
-    lru = rn.LRU(4, M, r_min=0.4, parallel=parallel, key=k1, **kwargs)
-    init = 0.3 * jr.normal(k3, (lru.state_size,)) if learn_initial_state else None
-    return rn.Model(
-        lru,
-        None,
-        rn.Linear(M, K, key=k2),
-        initial_state=init,
-        learn_initial_state=learn_initial_state,
-    )
 
 
 def _data(key, batch=(4,)):
@@ -67,7 +55,7 @@ def test_step_is_the_complex_recurrence(key):
 
 def test_parallel_scan_matches_sequential(getkey):
     key = getkey()
-    model, par = _model(key), _model(key, parallel=True)  # same parameters
+    model, par = lru_model(key), lru_model(key, parallel=True)  # same parameters
     assert par.parallel and not model.parallel
     xs, ys = _data(getkey(), batch=(2,))
     h0 = jr.normal(getkey(), (2, model.state_size))
@@ -91,7 +79,7 @@ def test_parallel_scan_matches_sequential(getkey):
 
 @pytest.mark.parametrize("learn_initial_state", [False, True])
 def test_gradients_of_every_method(learn_initial_state, getkey):
-    model = _model(getkey(), learn_initial_state=learn_initial_state)
+    model = lru_model(getkey(), learn_initial_state=learn_initial_state)
     xs, ys = _data(getkey(), batch=(2,))
     weights = jnp.linspace(0.5, 1.5, T) / T
     if learn_initial_state:  # RTRL falls back to its dense path for `∂h_t/∂h_0`
@@ -107,7 +95,7 @@ def test_gradients_of_every_method(learn_initial_state, getkey):
 
 
 def test_online_rtrl_and_layer_local_are_exact(getkey):
-    model = _model(getkey())
+    model = lru_model(getkey())
     xs, ys = _data(getkey(), batch=())
     g_ref = eqx.filter_grad(lambda m: rn.sequence_loss(m, xs, ys))(model)
     for method in (rn.RTRL(), rn.LayerLocalRTRL()):
@@ -130,7 +118,7 @@ def test_online_rtrl_and_layer_local_are_exact(getkey):
 
 
 def test_rtrl_memory_does_not_grow_with_T(getkey):
-    params, static = eqx.partition(_model(getkey()), eqx.is_inexact_array)
+    params, static = eqx.partition(lru_model(getkey()), eqx.is_inexact_array)
 
     def temp_bytes(T):
         def loss(params, xs, ys):
@@ -145,7 +133,7 @@ def test_rtrl_memory_does_not_grow_with_T(getkey):
 
 
 def test_analysis_sees_the_diagonal_spectrum(getkey):
-    model = _model(getkey())
+    model = lru_model(getkey())
     J = rn.analysis.step_jacobians(model, jr.normal(getkey(), (3, M)))
     eig = np.linalg.eigvals(np.asarray(J[0]))
     lam = np.asarray(model.dynamics.eigenvalues())
@@ -176,4 +164,4 @@ def test_layer_local_rejects_other_models(key):
     with pytest.raises(ValueError, match="needs a `Model` of an `LRU`"):
         rn.sequence_loss(model, xs, ys, gradient=rn.LayerLocalRTRL())
     with pytest.raises(ValueError, match="does not train an initial state"):
-        rn.LayerLocalRTRL().init(_model(key, learn_initial_state=True))
+        rn.LayerLocalRTRL().init(lru_model(key, learn_initial_state=True))

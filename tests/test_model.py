@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _zoo import rollout_models
 
 import rnnode as rn
 
@@ -81,21 +82,9 @@ def test_oscillator_parameters_positive_and_harmonic():
     )
 
 
-def _models(key):
-    k1, k2, k3 = jr.split(key, 3)
-    return {
-        "ctrnn": rn.Model(
-            rn.CTRNN(4, 2, key=k1), rn.Heun(dt=0.1), rn.Linear(4, 1, key=k2)
-        ),
-        "elman": rn.Model(rn.ElmanRNN(4, 2, key=k1), readout=rn.Linear(4, 1, key=k2)),
-        "lstm": rn.Model(rn.LSTM(3, 2, key=k3), readout=rn.Linear(3, 1, key=k2)),
-        "gru": rn.Model(rn.GRU(4, 2, key=k1), readout=rn.Linear(4, 1, key=k2)),
-    }
-
-
 @pytest.mark.parametrize("name", ["ctrnn", "elman", "lstm", "gru"])
 def test_rollout_jit_vmap_match_python_loop(key, name):
-    model = _models(key)[name]
+    model = rollout_models(key)[name]
     xs = jr.normal(jr.fold_in(key, 7), (12, 3, 2))
     hs, outs = eqx.filter_jit(lambda m, x: m.rollout(x))(model, xs)
     assert hs.shape == (12, 3, model.state_size) and outs.shape == (12, 3, 1)
@@ -117,17 +106,21 @@ def test_sequence_inputs_equal_step_inputs(key, name):
     """`sequence_inputs(xs).at(i)` (built inside a loop) is row `i` of the arrays
     `step_inputs` builds (the inputs bit for bit, the time to rounding), also
     under `jit` with a traced index."""
-    model = _models(key)[name]
+    model = rollout_models(key)[name]
     xs = jr.normal(jr.fold_in(key, 3), (7, 2))
     arrays = model.step_inputs(xs, 0.3)
     lazy = model.sequence_inputs(xs, 0.3)
-    assert lazy.length() == 7
+    assert lazy.length() == 7 and len(arrays) == 3  # no key: noise-free
+    noisy = model.step_inputs(xs, 0.3, key), model.sequence_inputs(xs, 0.3, key)
     at = jax.jit(lambda i: lazy.at(i))
     for i in range(7):
         t, x, x_next = at(i)
         np.testing.assert_allclose(t, arrays[0][i], rtol=1e-15)
         np.testing.assert_array_equal(x, arrays[1][i])
         np.testing.assert_array_equal(x_next, arrays[2][i])
+        # the noise key of step i: fold_in(key, i), the same both ways
+        np.testing.assert_array_equal(noisy[1].at(i)[3], noisy[0][3][i])
+        np.testing.assert_array_equal(noisy[0][3][i], jr.fold_in(key, i))
     np.testing.assert_array_equal(at(6)[2], xs[6])  # the last x_next is x_{T-1}
     np.testing.assert_allclose(arrays[0][3], 0.3 + 3 * model.dt, rtol=1e-15)
 
@@ -148,7 +141,7 @@ def test_rollout_given_and_learnable_initial_state(key):
 
 
 def test_compile_time_does_not_grow_with_T(key):
-    model = _models(key)["elman"]
+    model = rollout_models(key)["elman"]
     lowered = [
         jax.jit(lambda x: model.rollout(x)).lower(jnp.zeros((T, 2))).as_text()
         for T in (10, 1000)
@@ -160,7 +153,7 @@ def test_compile_time_does_not_grow_with_T(key):
 
 
 def test_sequence_loss_matches_manual(key):
-    model = _models(key)["ctrnn"]
+    model = rollout_models(key)["ctrnn"]
     xs = jr.normal(key, (10, 3, 2))
     ys = jr.normal(jr.fold_in(key, 1), (10, 3, 1))
     _, outs = model.rollout(xs)

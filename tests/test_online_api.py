@@ -77,7 +77,7 @@ def test_reset_is_a_fresh_init_with_the_running_key(getkey):
     uoro = rn.UORO()
     x, y = jnp.ones((S, M)), jnp.ones((S, K))
     state = uoro.init(model, key=jr.PRNGKey(1), streams=S)
-    state, _, _ = uoro.step(model, state, x, y)
+    state, _, _ = eqx.filter_jit(uoro.step)(model, state, x, y)
     reset = uoro.reset(model, state)
     fresh = jax.vmap(lambda k: uoro.init(model, key=k))(state.key)
     for a, b in zip(jax.tree.leaves(reset), jax.tree.leaves(fresh), strict=True):
@@ -99,7 +99,7 @@ def test_reset_is_a_fresh_init_with_the_running_key(getkey):
         learn_initial_state=True,
     )
     rtrl = rn.RTRL()
-    s1, _, _ = rtrl.step(gru, rtrl.init(gru), x[0], y[0])
+    s1, _, _ = eqx.filter_jit(rtrl.step)(gru, rtrl.init(gru), x[0], y[0])
     again = rtrl.reset(gru, s1)
     np.testing.assert_array_equal(again.trace.initial_state, jnp.eye(3))
     np.testing.assert_array_equal(again.h, gru.init_state())
@@ -190,3 +190,40 @@ def test_one_table_of_methods_and_cells():
     text = DOCS.read_text()
     table = text.split("<!-- coverage-table -->\n")[1].split("<!--")[0].strip()
     assert table == rn.coverage_table()
+
+
+def test_train_online_streams_and_resets(tmp_path):
+    """`train.online` runs `batch_size` parallel streams through the method's
+    batched `step`, and `train.reset_every` washes them out: every 5 steps of a
+    5-step stream changes nothing (the streams restart then anyway), every 2
+    steps changes the run; resets without `train.online` are refused."""
+    from rnnode.train import ConfigError, load_run, train, validate_config
+
+    def run(name, reset_every):
+        raw = {
+            "task": {
+                "name": "sine",
+                "options": {"num_steps": 5, "num_train": 4, "num_test": 2},
+            },
+            "model": {"dynamics": "elman", "hidden_size": 3},
+            "gradient": {"name": "uoro"},
+            "train": {
+                "online": True,
+                "batch_size": 2,
+                "steps": 6,
+                "steps_per_call": 6,
+                "eval_every": 6,
+                "checkpoint_every": 6,
+                "reset_every": reset_every,
+            },
+            "out_dir": str(tmp_path / name),
+        }
+        assert train(validate_config(raw), progress=False)["status"] == "finished"
+        model, _, _ = load_run(tmp_path / name)
+        return flat(eqx.filter(model, eqx.is_inexact_array))
+
+    plain, five, two = run("plain", None), run("five", 5), run("two", 2)
+    np.testing.assert_array_equal(plain, five)
+    assert not np.allclose(plain, two)
+    with pytest.raises(ConfigError, match="train.reset_every: resets are for online"):
+        validate_config({"task": {"name": "sine"}, "train": {"reset_every": 3}})

@@ -82,9 +82,9 @@ def test_snap2_on_a_sparse_network(getkey):
     state = rn.SnAp(order=2).init(model)
     reach = (mask | np.eye(n, dtype=bool)).sum(axis=0).max()
     row = mask.sum(axis=1).max()  # the most connections into one unit
-    assert state.trace["W"].shape == (reach, n, row) and reach < n and row < n
-    assert rn.SnAp(order=1).init(model).trace["W"].shape == (1, n, row)
-    assert rn.RFLO().init(model).trace["W"].shape == (1, n, row)
+    assert state.trace["W"].shape == (n, reach, row) and reach < n and row < n
+    assert rn.SnAp(order=1).init(model).trace["W"].shape == (n, 1, row)
+    assert rn.RFLO().init(model).trace["W"].shape == (n, 1, row)
     xs, ys = data(getkey, 2)
     np.testing.assert_allclose(
         flat(grad(model, xs, ys, rn.SnAp(order=2))),

@@ -9,8 +9,8 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from _gradcheck import check_gradients
 from _zoo import K, M, zoo_model
-from jax.flatten_util import ravel_pytree
 
 import rnnode as rn
 
@@ -29,51 +29,25 @@ def _data(model, key, batch=()):
     return xs, ys, weights
 
 
-def _flat_loss(model, xs, ys, weights, gradient):
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(params)
-
-    def f(flat):
-        m = eqx.combine(unravel(flat), static)
-        return rn.sequence_loss(m, xs, ys, weights=weights, gradient=gradient)
-
-    return f, flat
-
-
 @pytest.mark.parametrize("name", STRUCTURED + GENERIC_ONLY)
 def test_gradients_match_autodiff_and_finite_differences(name, getkey):
     model = zoo_model(name, getkey())
     xs, ys, weights = _data(model, getkey())
-    f_ref, flat = _flat_loss(model, xs, ys, weights, rn.Autodiff())
     strategies = [rn.RTRL(structured=False)]
     if name in STRUCTURED:
         # block=5 over T=12 steps: two whole blocks and a shorter last one
         strategies += [rn.RTRL(structured=True), rn.RTRL(block=5)]
-    fs = [_flat_loss(model, xs, ys, weights, s)[0] for s in strategies]
-
-    @jax.jit
-    def run(flat):
-        ref = jax.value_and_grad(f_ref)(flat)
-        return ref, [jax.value_and_grad(f)(flat) for f in fs]
-
-    (loss, g_ref), results = run(flat)
-    for value, g in results:
-        np.testing.assert_allclose(value, loss, rtol=1e-12)
-        np.testing.assert_allclose(
-            g, g_ref, rtol=1e-9, atol=1e-12 * np.abs(g_ref).max()
-        )
-
-    # Central differences on a few entries with a non-negligible gradient (reusing
-    # the compiled `run` for the loss values: one compilation per model).
-    loss_only = lambda flat: run(flat)[0][0]
-    big = np.flatnonzero(np.abs(g_ref) > 1e-3 * np.abs(g_ref).max())
-    rng = np.random.default_rng(0)
-    for i in rng.choice(big, size=min(3, big.size), replace=False):
-        eps = 1e-5
-        e = jnp.zeros_like(flat).at[i].set(eps)
-        fd = (loss_only(flat + e) - loss_only(flat - e)) / (2 * eps)
-        for _, g in results:
-            assert abs(fd - g[i]) <= 1e-6 * abs(g[i]), (i, fd, g[i])
+    # central differences on entries above 1e-3 of the largest, for every method
+    check_gradients(
+        model,
+        xs,
+        ys,
+        strategies,
+        atol=1e-12,
+        fd_from=1e-3,
+        fd_all=True,
+        weights=weights,
+    )
 
 
 def test_jit_vmap_grad_and_grad_of_batched_loss(getkey):

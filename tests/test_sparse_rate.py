@@ -8,6 +8,8 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from _gradcheck import check_gradients
+from _zoo import sparse_model
 from jax.flatten_util import ravel_pytree
 
 import rnnode as rn
@@ -18,23 +20,6 @@ from rnnode.gradients._rtrl_structured import (
 )
 
 M, K, T = 2, 2, 9
-
-
-def _model(name, key):
-    k1, k2 = jr.split(key)
-    tau = [1.0, 2.0, 0.7, 1.3, 3.0, 1.1]  # learnt: the structured `log_tau` term
-    if name == "ctrnn_sparse":  # current form, 40 % dense
-        dyn = rn.CTRNN(6, M, density=0.4, gain=1.3, tau=tau, learn_tau=True, key=k1)
-        return rn.Model(dyn, rn.Euler(0.3), rn.Linear(6, K, key=k2))
-    if name == "ctrnn_rate_sparse":
-        dyn = rn.CTRNN(
-            6, M, form="rate", density=0.5, tau=tau, learn_tau=True, gain=1.2, key=k1
-        )
-        return rn.Model(dyn, rn.Euler(0.4), rn.Linear(6, K, key=k2))
-    if name == "elman_sparse":
-        dyn = rn.ElmanRNN(6, M, density=0.3, key=k1)
-        return rn.Model(dyn, None, rn.Linear(6, K, key=k2))
-    raise AssertionError(name)
 
 
 STRUCTURED = ["ctrnn_sparse", "ctrnn_rate_sparse", "elman_sparse"]
@@ -159,7 +144,7 @@ def test_sparse_module_needs_a_concrete_key(key):
 
 @pytest.mark.parametrize("name", STRUCTURED)
 def test_structured_jacobians_match_jacfwd(name, getkey):
-    model = _model(name, getkey())
+    model = sparse_model(name, getkey())
     dyn = model.dynamics
     h, x = 0.5 * jr.normal(getkey(), (dyn.state_size,)), jr.normal(getkey(), (M,))
     J, imm = structured_jacobians(model, h, 0.0, x, x)
@@ -202,40 +187,18 @@ METHODS = {
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_gradients_match_autodiff_and_finite_differences(name, getkey):
-    model = _model(name, getkey())
+    model = sparse_model(name, getkey())
     xs, ys, ws = _data(getkey())
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    flat, unravel = ravel_pytree(params)
     methods = METHODS[name]
-
-    def f(flat, gradient):
-        m = eqx.combine(unravel(flat), static)
-        return rn.sequence_loss(m, xs, ys, weights=ws, gradient=gradient)
-
-    @jax.jit
-    def run(flat):
-        ref = jax.value_and_grad(f)(flat, rn.Autodiff())
-        got = {k: jax.value_and_grad(f)(flat, g) for k, g in methods.items()}
-        return ref, got
-
-    (loss, g_ref), got = run(flat)
-    for k, (value, g) in got.items():
-        np.testing.assert_allclose(value, loss, rtol=1e-12, err_msg=k)
-        np.testing.assert_allclose(
-            g, g_ref, rtol=1e-9, atol=1e-12 * np.abs(g_ref).max(), err_msg=k
-        )
+    g_ref, grads = check_gradients(
+        model, xs, ys, list(methods.values()), atol=1e-12, fd_from=1e-3, weights=ws
+    )
+    # every gradient is zero exactly on the absent connections
+    _, unravel = ravel_pytree(eqx.filter(model, eqx.is_inexact_array))
     off = _off_mask(model)
-    for g in [g_ref] + [g for _, g in got.values()]:
+    for g in [g_ref, *grads]:
         W = np.asarray(unravel(g).dynamics.W)
         assert np.all(W[off] == 0) and np.any(W[~off] != 0)
-
-    loss_only = lambda flat: run(flat)[0][0]
-    big = np.flatnonzero(np.abs(g_ref) > 1e-3 * np.abs(g_ref).max())
-    rng = np.random.default_rng(0)
-    for i in rng.choice(big, size=3, replace=False):
-        e = jnp.zeros_like(flat).at[i].set(1e-5)
-        fd = (loss_only(flat + e) - loss_only(flat - e)) / 2e-5
-        assert abs(fd - g_ref[i]) <= 1e-6 * abs(g_ref[i]), (i, fd, g_ref[i])
 
 
 def test_implicit_gradient_of_a_rate_network_equilibrium(getkey):
@@ -272,7 +235,7 @@ def test_implicit_gradient_of_a_rate_network_equilibrium(getkey):
     ],
 )
 def test_training_keeps_the_mask(optimiser, gradient, getkey):
-    model = _model("ctrnn_rate_sparse", getkey())
+    model = sparse_model("ctrnn_rate_sparse", getkey())
     xs, ys, ws = _data(getkey())
     off = _off_mask(model)
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -304,7 +267,7 @@ def test_training_keeps_the_mask(optimiser, gradient, getkey):
 def test_online_methods_give_zero_gradients_off_the_mask(getkey):
     """The approximations of RTRL, as `gradient=`: every one leaves the missing
     connections alone (and learns the others)."""
-    model = _model("ctrnn_rate_sparse", getkey())
+    model = sparse_model("ctrnn_rate_sparse", getkey())
     xs, ys, ws = _data(getkey())
     off = _off_mask(model)
     methods = [rn.SnAp(order=1), rn.SnAp(order=2), rn.UORO(), rn.KFRTRL()]

@@ -8,36 +8,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _gradcheck import check_gradients, cosine, flat_loss
+from _gradcheck import check_gradients, cosine, flat, flat_loss
+from _zoo import stack_model
 
 import rnnode as rn
 
 T, M, D, K = 10, 3, 4, 2  # time, inputs, width, outputs
-
-
-def _stack_model(key, kinds, *, mixing="glu", norm="pre", parallel=False):
-    keys = jr.split(key, len(kinds) + 2)
-    layers = []
-    for kind, k in zip(kinds, keys, strict=False):
-        if kind == "lru":
-            layers.append(rn.LRU(3, D, r_min=0.5, parallel=parallel, key=k))
-        elif kind == "gru":
-            layers.append(rn.GRU(3, D, key=k))
-        elif kind == "lstm":
-            layers.append(rn.LSTM(2, D, key=k))
-        elif kind == "elman":
-            layers.append(rn.ElmanRNN(3, D, key=k))
-        else:
-            layers.append(rn.CTRNN(3, D, key=k))
-    stack = rn.Stack(
-        layers,
-        input_size=M,
-        mixing=mixing,
-        norm=norm,
-        integrator=rn.Euler(0.2) if "ctrnn" in kinds else None,
-        key=keys[-2],
-    )
-    return rn.Model(stack, None, rn.Linear(D, K, key=keys[-1]))
 
 
 def _data(key, batch=(2,)):
@@ -53,7 +29,7 @@ def _data(key, batch=(2,)):
     ],
 )
 def test_gradients_of_every_method(kinds, mixing, norm, getkey):
-    model = _stack_model(getkey(), kinds, mixing=mixing, norm=norm)
+    model = stack_model(getkey(), kinds, mixing=mixing, norm=norm)
     stack = model.dynamics
     sizes = [ly.core.state_size for ly in stack.layers]
     assert stack.state_size == sum(sizes) + D and stack.observe_size == D
@@ -63,8 +39,8 @@ def test_gradients_of_every_method(kinds, mixing, norm, getkey):
 
 def test_parallel_path_matches_stepping(getkey):
     key = getkey()
-    model = _stack_model(key, ("gru", "lru"))
-    par = _stack_model(key, ("gru", "lru"), parallel=True)
+    model = stack_model(key, ("gru", "lru"))
+    par = stack_model(key, ("gru", "lru"), parallel=True)
     assert par.parallel and not model.parallel
     xs, ys = _data(getkey())
     rollout = eqx.filter_jit(lambda m, xs: m.rollout(xs))
@@ -81,13 +57,9 @@ def _grads(model, xs, ys, gradient):
     )(model)
 
 
-def _flat(tree):
-    return jnp.concatenate([a.ravel() for a in jax.tree.leaves(tree)])
-
-
 def test_layer_local_one_layer_exact_and_two_layers_aligned(getkey):
     xs, ys = _data(getkey())
-    one = _stack_model(getkey(), ("lru",))
+    one = stack_model(getkey(), ("lru",))
     g, g_ll = (
         _grads(one, xs, ys, rn.Autodiff()),
         _grads(one, xs, ys, rn.LayerLocalRTRL()),
@@ -100,25 +72,25 @@ def test_layer_local_one_layer_exact_and_two_layers_aligned(getkey):
         lambda m: m.readout,
     ):
         np.testing.assert_allclose(
-            _flat(part(g_ll)), _flat(part(g)), rtol=1e-9, atol=1e-15
+            flat(part(g_ll)), flat(part(g)), rtol=1e-9, atol=1e-15
         )
     # below the recurrence (encoder, pre-norm): the one-step signal only
-    assert not np.allclose(_flat(g_ll.dynamics.encoder), _flat(g.dynamics.encoder))
-    two = _stack_model(getkey(), ("lru", "lru"))
+    assert not np.allclose(flat(g_ll.dynamics.encoder), flat(g.dynamics.encoder))
+    two = stack_model(getkey(), ("lru", "lru"))
     g, g_ll = (
         _grads(two, xs, ys, rn.Autodiff()),
         _grads(two, xs, ys, rn.LayerLocalRTRL()),
     )
     # the top layer and the readout are exact; the whole gradient is well aligned
     top = lambda m: m.dynamics.layers[1].core
-    np.testing.assert_allclose(_flat(top(g_ll)), _flat(top(g)), rtol=1e-9, atol=1e-15)
-    c = cosine(_flat(g_ll), _flat(g))
+    np.testing.assert_allclose(flat(top(g_ll)), flat(top(g)), rtol=1e-9, atol=1e-15)
+    c = cosine(flat(g_ll), flat(g))
     print(f"cosine(LayerLocalRTRL, exact), 2-layer LRU stack: {c:.4f}")
     assert 0.9 < c < 1 - 1e-6  # measured 0.99; approximate, not exact
 
 
 def test_layer_local_online_sums_to_its_sequence_gradient(getkey):
-    model = _stack_model(getkey(), ("lru", "lru"))
+    model = stack_model(getkey(), ("lru", "lru"))
     xs, ys = _data(getkey(), batch=())
     method = rn.LayerLocalRTRL()
     step = eqx.filter_jit(lambda s, x, y: method.step(model, s, x, y, weight=1.0 / T))
@@ -127,7 +99,7 @@ def test_layer_local_online_sums_to_its_sequence_gradient(getkey):
         state, _, g = step(state, xs[t], ys[t])
         g_sum = g if g_sum is None else jax.tree.map(jnp.add, g_sum, g)
     g_seq = _grads(model, xs, ys, method)
-    np.testing.assert_allclose(_flat(g_sum), _flat(g_seq), rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(flat(g_sum), flat(g_seq), rtol=1e-10, atol=1e-15)
 
 
 def test_errors(key):
@@ -146,6 +118,6 @@ def test_errors(key):
         )
     with pytest.raises(ValueError, match="choose `glu` or `mlp`"):
         rn.Stack([rn.LRU(2, 4, key=key)], input_size=2, mixing="relu", key=key)
-    model = _stack_model(key, ("lru", "gru"))
+    model = stack_model(key, ("lru", "gru"))
     with pytest.raises(ValueError, match=r"a `Stack` of \[LRU, GRU\]"):
         rn.LayerLocalRTRL().init(model)

@@ -603,6 +603,15 @@ def test_non_converging_solve_is_an_error_not_a_wrong_gradient(
     assert (run / "config.yaml").is_file()
 
 
+def test_non_converging_deer_stops_training_with_exit_3(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", *TINY, "gradient.name=deer", "gradient.max_steps=1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Traceback" not in err, err
+    assert "training stopped after step 0: DEER: Newton on the trajectory" in err
+    assert "gradient.max_steps" in err and "gradient.damping" in err  # keys named
+
+
 def test_eval_of_a_non_converging_equilibrium_is_one_line_and_writes_nothing(
     tmp_path, monkeypatch, capsys
 ):

@@ -105,19 +105,20 @@ def floor_chunk(name: str, model, layout=None):
     elif name == "SnAp-2":
         idx, L = layout  # (R, n) kept units per row, connections per row
         R = idx.shape[0]
-        trace = jnp.zeros((R, n, L + m + 1), dt)
+        trace = jnp.zeros((n, R, L + m + 1), dt)  # batch-first, as SnAp keeps it
         cols = np.asarray(jnp.argsort(~jnp.asarray(model.dynamics.mask.array), axis=1))
         cols = cols[:, :L]
 
         def extra(h, h_new, d, dh, x, P, k):
             J = d[:, None] * W
-            Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, n)
-            P = jnp.einsum("abq,bql->aql", Jg, P)
+            iT = idx.T
+            Jg = J[iT[:, :, None], iT[:, None, :]]  # (n, R, R)
+            P = jnp.einsum("qab,qbl->qal", Jg, P)
             v = jnp.concatenate(
                 [h[cols], jnp.broadcast_to(jnp.append(x, 1), (n, m + 1))], 1
             )
-            P = P.at[0].add(d[:, None] * v)
-            return P, jnp.einsum("aq,aql->ql", dh[idx], P)
+            P = P.at[:, 0].add(d[:, None] * v)
+            return P, jnp.einsum("qa,qal->ql", dh[iT], P)
 
     else:
         raise ValueError(f"no floor for {name}")

@@ -10,6 +10,18 @@ the data are generated, or loaded from scikit-learn, statsmodels and reservoirpy
 
 from ._add import AddOptions as AddOptions
 from ._base import Split as Split, Task as Task, nmse as nmse
+from ._cognitive import (
+    psychometric as psychometric,
+    responses as responses,
+)
+from ._cognitive_tasks import (
+    ContextOptions as ContextOptions,
+    DecisionOptions as DecisionOptions,
+    DelayMatchOptions as DelayMatchOptions,
+    GoNoGoOptions as GoNoGoOptions,
+    ReadySetGoOptions as ReadySetGoOptions,
+    produced_intervals as produced_intervals,
+)
 from ._flipflop import FlipFlopOptions as FlipFlopOptions
 from ._memory import AddingOptions as AddingOptions, CopyOptions as CopyOptions
 from ._oscillator import (

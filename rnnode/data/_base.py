@@ -118,12 +118,18 @@ class Split:
       `(T, N)`, non-negative; steps with weight 0 are not scored. The tasks here
       normalise them to sum to 1 over time, like `rnnode.uniform_weights`.
 
+    - `conditions`: per-sequence facts of trial-based tasks (the cognitive
+      tasks: ground truth, coherences, period boundaries as step indices), each
+      an array with one entry per sequence, `(N,)` or `(N, ...)`; empty for
+      other tasks. The metrics of such a task read them.
+
     The arrays are made read-only.
     """
 
     xs: np.ndarray
     ys: np.ndarray
     weights: np.ndarray
+    conditions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         xs, ys, w = self.xs, self.ys, self.weights
@@ -154,7 +160,13 @@ class Split:
             )
         if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
             raise ValueError("`Split.weights` must be finite and non-negative")
-        for a in (xs, ys, w):
+        for name, a in self.conditions.items():
+            if not isinstance(a, np.ndarray) or a.ndim == 0 or a.shape[0] != N:
+                raise ValueError(
+                    f"`Split.conditions[{name!r}]` must be a numpy array with one "
+                    f"entry per sequence ({N}), got {getattr(a, 'shape', type(a))}"
+                )
+        for a in (xs, ys, w, *self.conditions.values()):
             a.setflags(write=False)
 
     @property
@@ -175,6 +187,7 @@ class Split:
             xs=np.array(self.xs[:, index]),
             ys=np.array(self.ys[:, index]),
             weights=np.array(w),
+            conditions={k: np.array(v[index]) for k, v in self.conditions.items()},
         )
 
 

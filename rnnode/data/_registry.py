@@ -8,6 +8,18 @@ from pydantic import BaseModel
 
 from ._add import AddOptions, add
 from ._base import Task
+from ._cognitive_tasks import (
+    ContextOptions,
+    DecisionOptions,
+    DelayMatchOptions,
+    GoNoGoOptions,
+    ReadySetGoOptions,
+    context,
+    decision,
+    delay_match,
+    go_nogo,
+    ready_set_go,
+)
 from ._flipflop import FlipFlopOptions, flipflop
 from ._memory import AddingOptions, CopyOptions, adding, copy
 from ._oscillator import (
@@ -52,6 +64,11 @@ _TASKS = {
     "mackey_glass": (mackey_glass, MackeyGlassOptions),
     "lorenz": (lorenz, LorenzOptions),
     "laser": (laser, LaserOptions),
+    "decision": (decision, DecisionOptions),
+    "context": (context, ContextOptions),
+    "delay_match": (delay_match, DelayMatchOptions),
+    "go_nogo": (go_nogo, GoNoGoOptions),
+    "ready_set_go": (ready_set_go, ReadySetGoOptions),
 }
 
 TASK_OPTIONS: dict[str, type[BaseModel]] = {

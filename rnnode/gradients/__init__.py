@@ -20,6 +20,8 @@ from ._coverage import (
     ONLINE_COVERAGE as ONLINE_COVERAGE,
     coverage_table as coverage_table,
 )
+from ._deer import DEER as DEER
+from ._elk import ELK as ELK
 from ._eprop import EProp as EProp
 from ._implicit import (
     AbstractEquilibriumGradient as AbstractEquilibriumGradient,
@@ -28,6 +30,11 @@ from ._implicit import (
 )
 from ._kf_rtrl import KFRTRL as KFRTRL
 from ._layer_local import LayerLocalRTRL as LayerLocalRTRL
+from ._newton import (
+    AbstractNewtonTrajectory as AbstractNewtonTrajectory,
+    TrajectorySolution as TrajectorySolution,
+    parallel_rollout as parallel_rollout,
+)
 from ._online import (
     AbstractOnlineGradient as AbstractOnlineGradient,
     OnlineState as OnlineState,

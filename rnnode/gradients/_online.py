@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
+from .._dynamics import is_noisy
 from .._losses import mse
 from .._model import Model
 from ._base import AbstractGradient, scan_loss
@@ -251,6 +252,10 @@ class AbstractOnlineGradient(AbstractGradient):
           linearly; default `x_t`.
         - `t`: the time of `x_t`; default `state.t`.
 
+        Noisy dynamics (`CTRNN(noise_std=σ)`) draw this step's private noise
+        from the state's key (`step_keys`: independent of the method's own
+        randomness, one realisation per stream, fresh at every step).
+
         **Returns:** `(state, a_t l_t, a_t ĝ_t)`, the gradient shaped like
         `eqx.filter(model, eqx.is_inexact_array)`. For a batch of streams the loss
         and the gradient are the means over the streams. With fixed weights (and
@@ -273,14 +278,17 @@ class AbstractOnlineGradient(AbstractGradient):
         x_next = x_t if x_next is None else jnp.asarray(x_next)
         t = state.t if t is None else jnp.asarray(t, dtype=state.t.dtype)
         weight = jnp.asarray(weight, dtype=state.h.real.dtype)
+        noisy = is_noisy(model.dynamics)
 
         def one(h, trace, key, t, x, xn, y, a):
             def step_loss(params, h, y):
                 return loss(params.output(h), y)
 
-            key, sub, _ = step_keys(key)
+            key, sub, noise = step_keys(key)
+            # the step's private noise (noisy dynamics only), from the state's key
+            inp = (t, x, xn, noise) if noisy else (t, x, xn)
             h, trace, value, grads = self._update(
-                _model_step, step_loss, model, h, trace, sub, (t, x, xn), y
+                _model_step, step_loss, model, h, trace, sub, inp, y
             )
             grads = jax.tree.map(lambda g: a.astype(g.dtype) * g, grads)
             new = OnlineState(h=h, trace=trace, key=key, t=t + model.dt)

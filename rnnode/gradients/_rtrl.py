@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._dynamics import is_noisy
 from .._integrate import Diffrax
 from .._model import Model
 from ._base import AbstractStepwiseGradient
@@ -183,7 +184,7 @@ class RTRL(AbstractOnlineGradient, AbstractStepwiseGradient):
         for i, P in zip(tracked, blocks, strict=True):
             grads[i] = grads[i] + jnp.tensordot(dh, P, axes=1)
             new_blocks[i] = P
-        grads = mask_sparse(params, paths, grads)
+        grads = mask_sparse(params, paths, grads, method)
         unflatten = jax.tree_util.tree_unflatten
         return h, unflatten(treedef, new_blocks), value, unflatten(treedef, grads)
 
@@ -218,7 +219,9 @@ def _method(structured, params) -> str:
                 "integrator (it integrates the sensitivity ODE); use "
                 "`RTRL(structured='auto')`"
             )
-        return "diffrax"
+        # the sensitivity ODE is not the SDE's: a noisy field goes through the
+        # VJPs of its (stochastic) step instead
+        return "generic" if is_noisy(params.dynamics) else "diffrax"
     if structured is False:
         return "generic"
     if is_diagonal(params) and not params.learn_initial_state:

@@ -133,7 +133,7 @@ def rtrl_sequence(
             g_h0 = g
         else:
             grads[i] = grads[i] + g
-    grads = mask_sparse(params, paths, grads)
+    grads = mask_sparse(params, paths, grads, plan.method)
     return total, jax.tree_util.tree_unflatten(treedef, grads), g_h0
 
 
@@ -287,7 +287,7 @@ def _diffrax_advance(plan, model, leaves, h, blocks, inp):
     """Integrate `(r, P)` over one interval with the model's diffrax solver:
     `dr/dt = F(t, r, x(t))`, `dP/dt = (∂F/∂r) P + ∂F/∂θ`."""
     integ = model.integrator
-    t, x, x_next = inp
+    t, x, x_next = inp[:3]  # noise-free dynamics (noisy ones are `generic`)
     idx = [i for i in plan.tracked if i is not None and in_dynamics(plan.paths[i])]
     eye = jnp.eye(h.shape[0], dtype=h.dtype)
 
@@ -331,11 +331,13 @@ def _diffrax_advance(plan, model, leaves, h, blocks, inp):
 # Helpers
 
 
-def mask_sparse(params, paths, grads):
-    """Zero the gradient of a sparse `W` off its mask: the structured immediate
-    Jacobian carries sensitivities of the missing connections too (harmless,
-    since they never feed `J`), and here they are dropped."""
-    if not isinstance(params, Model):
+def mask_sparse(params, paths, grads, method):
+    """The structured path's gradient of `W` back to the stored `W`: zeroed off
+    a sparse `W`'s mask (the structured immediate Jacobian carries sensitivities
+    of the missing connections too, harmless since they never feed `J`) and
+    through Dale's law (its sensitivities are those of the weights the
+    dynamics use). The other paths differentiate the stored `W` directly."""
+    if not isinstance(params, Model) or method != "structured":
         return grads
     return [
         g

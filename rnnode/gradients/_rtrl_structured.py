@@ -29,8 +29,9 @@ from jaxtyping import Array, Float
 
 from .._activations import get_activation
 from .._cells import GRU, LSTM, ElmanRNN
-from .._dynamics import CTRNN, masked
-from .._integrate import Euler
+from .._dale import chain
+from .._dynamics import CTRNN, recurrent_weights
+from .._integrate import Euler, step_noise
 from .._model import Model
 
 
@@ -64,8 +65,19 @@ def recurrent_mask(dynamics) -> np.ndarray | None:
 
 
 def mask_gradient(dynamics, name: str, g: Array) -> Array:
-    """`g`, the gradient (or a batch of them) of the field `name` of `dynamics`,
-    zeroed off the recurrent mask if that field is the masked `W`."""
+    """The gradient of the stored field `name` of `dynamics` from `g`, the
+    gradient (or a batch of them) with respect to the weights the dynamics use:
+    for `W`, through Dale's law (`W = |W̃| diag(s)`: times `sign(W̃) s`) and
+    zeroed off the recurrent mask; other fields unchanged."""
+    if name != "W":
+        return g
+    g = chain(dynamics.W, getattr(dynamics, "dale", None), g)
+    return zero_off_mask(dynamics, name, g)
+
+
+def zero_off_mask(dynamics, name: str, g: Array) -> Array:
+    """`g`, the gradient of the stored field `name`, zeroed off the recurrent
+    mask if that field is a sparse `W` (idempotent, unlike `mask_gradient`)."""
     mask = recurrent_mask(dynamics)
     if mask is None or name != "W":
         return g
@@ -73,14 +85,24 @@ def mask_gradient(dynamics, name: str, g: Array) -> Array:
 
 
 def structured_jacobians(
-    model: Model, h: Float[Array, " n"], t, x: Float[Array, " m"], x_next
+    model: Model, h: Float[Array, " n"], t, x: Float[Array, " m"], x_next, key=None
 ) -> tuple[Float[Array, "n n"], dict[str, Rows]]:
-    """`J = ∂h'/∂h` and the immediate Jacobians of `h' = model.step(h, t, x, x_next)`
-    with respect to every floating-point field of `model.dynamics`, by field name."""
-    del t, x_next  # the covered steps are autonomous and hold the input
+    """`J = ∂h'/∂h` and the immediate Jacobians of
+    `h' = model.step(h, t, x, x_next, key)` with respect to every floating-point
+    field of `model.dynamics`, by field name (for `W`, with respect to the
+    weights the dynamics use; `mask_gradient` takes a gradient back to the
+    stored `W`). The noise of a noisy `CTRNN` is additive: it changes only the
+    immediate Jacobian of a learnt `τ` (through `√(2 dt/τ)`)."""
+    del x_next  # the covered steps hold the input
     dyn = model.dynamics
     if isinstance(dyn, CTRNN):
-        return _ctrnn_euler(dyn, model.integrator.dt, h, x)
+        J, imm = _ctrnn_euler(dyn, model.integrator.dt, h, x)
+        noise = step_noise(dyn, model.integrator.dt, t, h, x, key)
+        if noise is not None and dyn.log_tau is not None:
+            # ∂(σ √(2 dt/τ) ξ)/∂log τ = -noise / 2
+            r = imm["log_tau"]
+            imm["log_tau"] = Rows(r.rows, r.vals - 0.5 * noise[None], None)
+        return J, imm
     if isinstance(dyn, ElmanRNN):
         return _elman(dyn, h, x)
     if isinstance(dyn, LSTM):
@@ -105,7 +127,7 @@ def add_immediate(imm: Rows | None, P: Array) -> Array:
 def _ctrnn_euler(dyn: CTRNN, dt: float, r, x):
     n = dyn.state_size
     c = dt / dyn.tau
-    W = masked(dyn.W, dyn.mask)
+    W = recurrent_weights(dyn)
     eye = np.arange(n)[None]
     if dyn.form == "rate":
         # r' = r + c ⊙ (-r + φ(z)),  z = W r + U x + b
@@ -136,7 +158,7 @@ def _ctrnn_euler(dyn: CTRNN, dt: float, r, x):
 def _elman(dyn: ElmanRNN, h, x):
     # h' = φ(b + W h + U x)
     n = dyn.state_size
-    W = masked(dyn.W, dyn.mask)
+    W = recurrent_weights(dyn)
     z = dyn.b + W @ h + dyn.U @ x
     _, d = _value_and_derivative(dyn.activation, z)
     eye = np.arange(n)[None]

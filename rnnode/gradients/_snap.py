@@ -35,9 +35,9 @@ class SnAp(AbstractTraceGradient):
         P_t = (J_t P_{t-1} + I_t) ⊙ M_n.
 
     Storage is compact: for each weight row `j` the `R` reachable units are
-    gathered (an `(R, q, k)` array for a `(q, k)` weight), never a dense
+    gathered (an `(q, R, k)` array for a `(q, k)` weight), never a dense
     `(state, q, k)` array with zeros; a masked `W` keeps only its connections,
-    padded to the longest row (`(R, n, L)`, `L ≈ p n` for density `p`).
+    padded to the longest row (`(n, R, L)`, `L ≈ p n` for density `p`).
 
     - `order=1`: `R` = 1 (2 for an LSTM): one number per parameter; for an Elman
       or CTRNN weight `P[j, l] ≈ ∂h_j/∂W_jl`, updated by `P ← diag(J) ⊙ P + I`.
@@ -154,7 +154,9 @@ def init_unit_traces(params, h, inp, order):
     for name in dynamics_fields(params):
         r = imm[name]
         lay = unit_layout(params, name, r.rows, order)
-        shape = lay.idx.shape
+        # batch-first `(q, R, ...)` (XLA's batched products want the batch axis
+        # first), or `(n, q, ...)` when every unit is kept (a plain `J P`)
+        shape = lay.idx.shape if lay.dense else lay.idx.shape[::-1]
         if r.v is not None:
             shape = (*shape, r.v.shape[0] if lay.cols is None else lay.cols.shape[1])
         traces[name] = jnp.zeros(shape, r.vals.dtype)
@@ -164,7 +166,7 @@ def init_unit_traces(params, h, inp, order):
 def advance_unit_traces(params, J, imm, traces, order):
     """`(J P + I) ⊙ M` on the compact layout, for every trace; also returns the
     layouts `{name: Layout}` for `unit_gradient`."""
-    out, layouts = {}, {}
+    out, layouts, gathered = {}, {}, {}
     for name, P in traces.items():
         r = imm[name]
         lay = layouts[name] = unit_layout(params, name, r.rows, order)
@@ -172,10 +174,25 @@ def advance_unit_traces(params, J, imm, traces, order):
         if lay.dense:
             JP = jnp.tensordot(J.astype(P.dtype), P, axes=1)
         else:
-            Jg = J[idx[:, None, :], idx[None, :, :]]  # (R, R, q)
-            if valid is not None:
-                Jg = Jg * jnp.asarray(valid[:, None] & valid[None, :], Jg.dtype)
-            JP = jnp.einsum("abq,bq...->aq...", Jg.astype(P.dtype), P)
+            # one gather of J per layout (W, U and b share theirs): XLA's gathers
+            # on CPU are slow
+            which = (
+                idx.shape,
+                idx.tobytes(),
+                None if valid is None else valid.tobytes(),
+            )
+            if which not in gathered:
+                iT = idx.T
+                Jg = J[iT[:, :, None], iT[:, None, :]]  # (q, R, R)
+                if valid is not None:
+                    vT = valid.T
+                    Jg = Jg * jnp.asarray(vT[:, :, None] & vT[:, None, :], Jg.dtype)
+                gathered[which] = Jg
+            Jg = gathered[which].astype(P.dtype)
+            if idx.shape[0] == 1:  # one unit per row: an elementwise product
+                JP = Jg[:, 0, 0].reshape((-1, 1) + (1,) * (P.ndim - 2)) * P
+            else:
+                JP = jnp.einsum("qab,qb...->qa...", Jg, P)
         if r.v is None:
             upd = r.vals
         elif lay.cols is None:
@@ -189,7 +206,8 @@ def advance_unit_traces(params, J, imm, traces, order):
                 JP = JP.at[r.rows[a], q].add(upd[a].astype(P.dtype))
             out[name] = JP
         else:
-            out[name] = JP.at[: r.rows.shape[0]].add(upd.astype(P.dtype))
+            upd = jnp.moveaxis(upd, 0, 1).astype(P.dtype)  # (q, A, ...)
+            out[name] = JP.at[:, : r.rows.shape[0]].add(upd)
     return out, layouts
 
 
@@ -201,10 +219,10 @@ def unit_gradient(params, traces, layouts, dh):
         if lay.dense:
             g = jnp.tensordot(dh.astype(P.dtype), P, axes=1)
         else:
-            lam = dh[lay.idx]
+            lam = dh[lay.idx.T]  # (q, R)
             if lay.valid is not None:
-                lam = lam * jnp.asarray(lay.valid, lam.dtype)
-            g = jnp.einsum("aq,aq...->q...", lam.astype(P.dtype), P)
+                lam = lam * jnp.asarray(lay.valid.T, lam.dtype)
+            g = jnp.einsum("qa,qa...->q...", lam.astype(P.dtype), P)
         if lay.cols is not None:  # back to the weight's shape, zero off the mask
             g = g * jnp.asarray(lay.cvalid, g.dtype)
             full = jnp.zeros(params.dynamics.W.shape, g.dtype)
@@ -216,8 +234,8 @@ def unit_gradient(params, traces, layouts, dh):
 def eligibility_advance(step, params, h, traces, inp, decay=None):
     """One step of RFLO / e-prop traces: SnAp-1 with the local Jacobian (or, with
     `decay`, the local Jacobian `decay · I` of a trace time constant of its own)."""
-    t, x, x_next = inp
-    J, imm = structured_jacobians(params, h, t, x, x_next)
+    x = inp[1]
+    J, imm = structured_jacobians(params, h, *inp)
     if decay is None:
         J = local_jacobian(params, J, h, x)
     else:

@@ -3,6 +3,8 @@ the configs, `alignment_methods`, the experiments and the tests."""
 
 from ._base import AbstractGradient, Autodiff
 from ._bptt import BPTT
+from ._deer import DEER
+from ._elk import ELK
 from ._eprop import EProp
 from ._implicit import Implicit
 from ._kf_rtrl import KFRTRL
@@ -18,6 +20,8 @@ GRADIENTS: dict[str, type[AbstractGradient]] = {
     "bptt": BPTT,
     "rtrl": RTRL,
     "implicit": Implicit,
+    "deer": DEER,
+    "elk": ELK,
     "snap": SnAp,
     "uoro": UORO,
     "kf_rtrl": KFRTRL,

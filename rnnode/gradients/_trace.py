@@ -12,7 +12,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._model import Model
 from ._online import AbstractOnlineGradient
-from ._rtrl_structured import mask_gradient
+from ._rtrl_structured import zero_off_mask
 
 
 class AbstractTraceGradient(AbstractOnlineGradient):
@@ -131,7 +131,7 @@ def _mask(params, grads):
     if W is None:
         return grads
     return eqx.tree_at(
-        lambda g: g.dynamics.W, grads, mask_gradient(params.dynamics, "W", W)
+        lambda g: g.dynamics.W, grads, zero_off_mask(params.dynamics, "W", W)
     )
 
 

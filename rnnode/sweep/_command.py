@@ -27,6 +27,7 @@ EPILOG = (
 
 
 def add_sweep_parser(sub, overrides_help: str) -> None:
+    """Add the `sweep` subcommand and its arguments to the CLI's subparsers `sub`."""
     s = sub.add_parser(
         "sweep",
         help="search hyperparameters with Optuna (pruning, workers, resumable)",

@@ -21,6 +21,7 @@ from ._checkpoint import (
 )
 from ._environment import format_environment as format_environment
 from ._metrics import read_losses as read_losses, to_json as to_json
+from ._plots import plot_psychometric as plot_psychometric
 from ._run import (
     StopTraining as StopTraining,
     TrainingDiverged as TrainingDiverged,
@@ -29,6 +30,7 @@ from ._run import (
 from ._saved import (
     EvaluationFailed as EvaluationFailed,
     evaluate as evaluate,
+    load_checkpoints as load_checkpoints,
     load_run as load_run,
     load_run_config as load_run_config,
 )

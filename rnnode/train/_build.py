@@ -17,7 +17,7 @@ import optax
 
 from .. import data
 from .._cells import GRU, LSTM, ElmanRNN
-from .._dynamics import CTRNN, DampedOscillator, LinearExample
+from .._dynamics import CTRNN, DampedOscillator, LinearExample, is_noisy
 from .._equilibrium import equilibrium_loss
 from .._fixed_point import Anderson, FixedPointIteration
 from .._integrate import RK4, Diffrax, Euler, Heun
@@ -231,6 +231,7 @@ def build_optimiser(cfg: Config) -> optax.GradientTransformation:
 
 
 def run_dtype(cfg: Config):
+    """The JAX dtype of a run: `float64` if `train.dtype` says so, else `float32`."""
     return jnp.float64 if cfg.train.dtype == "float64" else jnp.float32
 
 
@@ -296,21 +297,30 @@ def build_equilibrium(cfg: Config) -> dict:
 
 
 def make_loss_fn(cfg: Config, task, gradient):
-    """`loss(model, xs, ys, weights) -> scalar` for a batch."""
+    """`loss(model, xs, ys, weights, key=None) -> scalar` for a batch; `key`
+    draws the private noise of a noisy model (a fresh one per batch)."""
     per_step = step_loss(loss_name(cfg, task))
     if task.kind == "equilibrium":
         eq = build_equilibrium(cfg)
 
-        def loss_fn(model, xs, ys, ws):
+        def loss_fn(model, xs, ys, ws, key=None):
+            del key  # equilibria are noise-free
             return equilibrium_loss(
                 model, xs[0], ys[0], loss=per_step, gradient=gradient, **eq
             )
 
     else:
 
-        def loss_fn(model, xs, ys, ws):
+        def loss_fn(model, xs, ys, ws, key=None):
+            # `key`: this batch's realisation of the private noise (noisy models)
             return sequence_loss(
-                model, xs, ys, loss=per_step, weights=ws, gradient=gradient
+                model,
+                xs,
+                ys,
+                loss=per_step,
+                weights=ws,
+                gradient=gradient,
+                key=key if is_noisy(model.dynamics) else None,
             )
 
     return loss_fn
@@ -362,7 +372,6 @@ class _Setup:
         self.model, self.opt_state, self.train_key = init()
         self.params, self.static = eqx.partition(self.model, eqx.is_inexact_array)
         check_gradient_applies(cfg, self.gradient, self.model)
-        self.online = self.gradient if cfg.train.online else None
 
     def state(self, params=None, opt_state=None, key=None):
         return {

@@ -199,6 +199,53 @@ def plot_phase(path: Path, model_xv, target_xv=None, *, num: int = 3, title: str
     _save(fig, path)
 
 
+PSYCHOMETRIC_TASKS = ("decision", "context", "ready_set_go")
+
+
+def plot_psychometric(path: Path, task, outputs) -> bool:
+    """The behaviour of a cognitive task's test trials (outputs `(T, N, k)`):
+    for `decision`, `P(choice 1)` against the signed coherence; for `context`,
+    one curve per context against the relevant and against the irrelevant
+    coherence (Mante et al. 2013, Fig. 1); for `ready_set_go`, the produced
+    interval against the target. Returns whether `task` has such a plot."""
+    from ..data import produced_intervals, psychometric, responses
+
+    if task.name not in PSYCHOMETRIC_TASKS:
+        return False
+    plt = _plt()
+    split = task.test
+    c = split.conditions
+    if task.name == "ready_set_go":
+        fig, ax = plt.subplots(figsize=(4.2, 3.6))
+        target = c["target_ms"]
+        ax.plot(target, produced_intervals(outputs, split), ".", alpha=0.3, color="k")
+        ends = [target.min(), target.max()]
+        ax.plot(ends, ends, "--", color="C3", label="target")
+        _label(ax, "target interval (ms)", "produced interval (ms)", "ready-set-go")
+        _save(fig, path)
+        return True
+    first = responses(outputs, split)["choice"] == 1
+    if task.name == "decision":
+        fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        x, p, _ = psychometric(c["signed_coherence"], first)
+        ax.plot(x, p, "o-", color="k", label="network")
+        ax.set_ylim(-0.02, 1.02)
+        _label(ax, "signed coherence (%)", "P(choice 1)", "decision: psychometric")
+        _save(fig, path)
+        return True
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.4), sharey=True)
+    for ax, which in zip(axes, ("relevant", "irrelevant"), strict=True):
+        for k in (1, 2):
+            sel = c["context"] == k
+            x, p, _ = psychometric(c[f"{which}_coherence"][sel], first[sel])
+            ax.plot(x, p, "o-", color=f"C{k - 1}", label=f"context {k}")
+        ax.set_ylim(-0.02, 1.02)
+        _label(ax, f"{which} coherence (%)", "P(choice 1)", which)
+    fig.suptitle("context: choices against each stream")
+    _save(fig, path)
+    return True
+
+
 def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -256,6 +303,9 @@ def write_plots(cfg, task, run_dir, records, hs, outs) -> dict:
                     title=f"{task.name}: phase portrait (test)",
                 )
                 files["phase"] = str(plots / "phase.png")
+        # a cognitive task's behaviour, from the noise-free test outputs
+        if plot_psychometric(plots / "psychometric.png", task, outs):
+            files["psychometric"] = str(plots / "psychometric.png")
     except Exception as e:  # noqa: BLE001 - a plot must not lose a finished run
         warnings.warn(f"plotting failed: {one_line(e)}", stacklevel=2)
     return files

@@ -11,26 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
-import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 
 from . import _checkpoint as ckpt, _metrics as mt, _plots, _sharding
 from ._build import (
-    _cached,
-    _config_key,
     build_equilibrium,
     fitted_params,
     loss_name,
-    make_loss_fn,
     num_params,
     prepare,
     split_arrays,
-    step_loss,
     x64_context,
 )
 from ._environment import environment, format_environment
-from ._steps import _evaluate, make_chunk, make_online_chunk, states_key
+from ._modes import training_for
+from ._steps import _evaluate
 from .config import Config, ConfigError, config_to_yaml, load_config, one_line
 
 
@@ -61,6 +56,12 @@ _CONFIG_HINT = (
     "equilibrium.step_size), the adjoint takes gradient.max_steps, gradient.damping "
     "and gradient.tol."
 )
+# a parallel-in-time solve (`DEER`, `ELK`; their messages start with the name)
+_NEWTON_HINT = (
+    " In a config: gradient.max_steps (null means T), gradient.rtol, "
+    "gradient.atol, gradient.quasi, gradient.damping (deer) or gradient.penalty "
+    "(elk), or gradient.name: bptt."
+)
 
 
 def _runtime_message(e: Exception) -> str:
@@ -81,8 +82,10 @@ def _solve_failed(
     writes the run's summary."""
     text = _runtime_message(e)
     where = _last_checkpoint(run_dir)
+    newton = text.startswith(("DEER:", "ELK:"))
     msg = (
-        f"training stopped after step {step}: {text}{_CONFIG_HINT} "
+        f"training stopped after step {step}: {text}"
+        f"{_NEWTON_HINT if newton else _CONFIG_HINT} "
         f"{where[0].upper()}{where[1:]}."
     )
     return _stopped(run_dir, main, "failed", msg, step, environment)
@@ -298,9 +301,9 @@ def _open_run_dir(cfg: Config, resume: bool) -> Path:
 
 
 class _Run:
-    """A run's data, environment, compiled chunk and training state (`params`, `opt_state`,
-    `key`, the online streams in `extra`, `step`); saving, restoring and
-    evaluating that state."""
+    """A run's data, environment, training (batch or online, `training`) and
+    training state (`params`, `opt_state`, `key`, the training's `extra` state,
+    `step`); saving, restoring and evaluating that state."""
 
     def __init__(
         self, cfg: Config, task, setup, run_dir: Path, mesh, environment: dict
@@ -308,63 +311,22 @@ class _Run:
         self.cfg, self.task, self.setup = cfg, task, setup
         self.dir, self.mesh = run_dir, mesh
         self.main, self.environment = _is_main(), environment
-        tc = cfg.train
         dtype = setup.dtype
-        if task.val is None:
-            raise ConfigError(
-                [
-                    f"task: `{task.name}` has no validation split (`Task.val`): "
-                    "the evaluations during training score it, never the test split"
-                ]
-            )
         self.train_data = split_arrays(cfg, task, task.train, dtype)
+        # a task defined without a validation split (`Task.val` None) is
+        # evaluated on its test split during training, as before there was one
+        self.val_split = task.val if task.val is not None else task.test
         self.eval_data = {
-            "val": split_arrays(cfg, task, task.val, dtype),
+            "val": split_arrays(cfg, task, self.val_split, dtype),
             "test": split_arrays(cfg, task, task.test, dtype),
         }
         self.lname = loss_name(cfg, task)
-        self.online = tc.online
         self.params, self.opt_state = setup.params, setup.opt_state
-        key = setup.train_key
-        self.extra = {}
-        if self.online:
-            per_step = step_loss(self.lname)
-            self.chunk, draw, init_states = _cached(
-                "online",
-                _config_key(cfg),
-                lambda: make_online_chunk(
-                    setup.static,
-                    setup.optimiser,
-                    setup.online,
-                    per_step,
-                    steps_per_call=tc.steps_per_call,
-                    batch_size=tc.batch_size,
-                    dtype=dtype,
-                    mesh=mesh,
-                ),
-            )
-            key, stream_key = jr.split(key)
-            stream = draw(self.train_data, stream_key)
-            # the streams' position is part of the training state
-            self.extra = {
-                "stream": stream,
-                "rstate": init_states(self.params, stream, states_key(stream_key)),
-                "t": jnp.asarray(0, jnp.int32),
-            }
-        else:
-            self.chunk = _cached(
-                "chunk",
-                _config_key(cfg),
-                lambda: make_chunk(
-                    setup.static,
-                    setup.optimiser,
-                    make_loss_fn(cfg, task, setup.gradient),
-                    steps_per_call=tc.steps_per_call,
-                    batch_size=tc.batch_size,
-                    dtype=dtype,
-                    mesh=mesh,
-                ),
-            )
+        # batch or online: decided here, once
+        self.training = training_for(cfg, task, setup, mesh)
+        key, self.extra = self.training.start(
+            self.params, setup.train_key, self.train_data
+        )
         self.key = key
         self.step, self.elapsed_before = 0, 0.0
 
@@ -398,28 +360,17 @@ class _Run:
     def advance(self, n: int):
         """Run `n` optimiser steps (one call of the chunk): `(bad, losses,
         failed)`, the state left at the last good step."""
-        if self.online:
-            carry, losses = self.chunk(
-                self.params,
-                self.opt_state,
-                self.key,
-                jnp.asarray(n, jnp.int32),
-                self.train_data,
-                self.extra["stream"],
-                self.extra["rstate"],
-                self.extra["t"],
-            )
-            self.params, self.opt_state, self.key, bad, *rest = carry
-            self.extra = dict(zip(("stream", "rstate", "t"), rest, strict=True))
-        else:
-            (self.params, self.opt_state, self.key, bad), losses = self.chunk(
-                self.params,
-                self.opt_state,
-                self.key,
-                jnp.asarray(n, jnp.int32),
-                self.train_data,
-            )
-        losses, failed = losses
+        (
+            self.params,
+            self.opt_state,
+            self.key,
+            self.extra,
+            bad,
+            losses,
+            failed,
+        ) = self.training.advance(
+            self.params, self.opt_state, self.key, self.extra, n, self.train_data
+        )
         return bad, losses, failed
 
     def evaluate_now(self, split: str):
@@ -434,7 +385,8 @@ class _Run:
             build_equilibrium(self.cfg),
         )
         outs_np = np.asarray(outs, dtype=np.float64)
-        metrics = self.task.metrics(outs_np, self.task.splits[split])
+        scored = self.val_split if split == "val" else self.task.test
+        metrics = self.task.metrics(outs_np, scored)
         return float(loss), metrics, np.asarray(hs), outs_np
 
     def save(self, elapsed: float):

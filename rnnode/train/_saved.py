@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import equinox as eqx
-import jax.numpy as jnp
 import numpy as np
 
+from .._model import Model
 from . import _checkpoint as ckpt, _metrics as mt
 from ._build import (
     build_equilibrium,
@@ -16,12 +16,12 @@ from ._build import (
     prepare,
     run_dtype,
     split_arrays,
-    step_loss,
     x64_context,
 )
 from ._environment import environment
+from ._modes import training_for
 from ._run import _is_main, _params_report, _runtime_message
-from ._steps import _evaluate, make_online_chunk, states_key
+from ._steps import _evaluate
 from .config import Config, parse_yaml, read_config_text, validate_config
 
 
@@ -31,6 +31,8 @@ class EvaluationFailed(RuntimeError):
 
 
 def load_run_config(run_dir: str | Path) -> Config:
+    """The validated config of a saved run (its `config.yaml`), with `out_dir` set
+    to `run_dir`. Raises `FileNotFoundError` if `run_dir` is not a run."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -45,10 +47,7 @@ def _load_run(run_dir):
     cfg = load_run_config(run_dir)
     with x64_context(cfg):
         cfg, task, setup = prepare(cfg)
-        like = setup.state()
-        if cfg.train.online:
-            like = {**like, **_online_like(cfg, task, setup)}
-        loaded = ckpt.load_latest(run_dir, like)
+        loaded = ckpt.load_latest(run_dir, _checkpoint_like(cfg, task, setup))
         if loaded is None:
             raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
         header, state = loaded
@@ -56,26 +55,15 @@ def _load_run(run_dir):
     return model, cfg, task, int(header["step"])
 
 
-def _online_like(cfg, task, setup):
-    dtype = setup.dtype
-    train_data = split_arrays(cfg, task, task.train, dtype)
-    per_step = step_loss(loss_name(cfg, task))
-    _, draw, init_states = make_online_chunk(
-        setup.static,
-        setup.optimiser,
-        setup.online,
-        per_step,
-        steps_per_call=1,
-        batch_size=cfg.train.batch_size,
-        dtype=dtype,
-        mesh=None,
+def _checkpoint_like(cfg, task, setup) -> dict:
+    """The shapes of a run's checkpointed state: the parameters, optimiser state
+    and key, and the training's extra state (an online run's streams), from
+    starting that training afresh."""
+    train_data = split_arrays(cfg, task, task.train, setup.dtype)
+    _, extra = training_for(cfg, task, setup, None).start(
+        setup.params, setup.train_key, train_data
     )
-    stream = draw(train_data, setup.train_key)
-    return {
-        "stream": stream,
-        "rstate": init_states(setup.params, stream, states_key(setup.train_key)),
-        "t": jnp.asarray(0, jnp.int32),
-    }
+    return {**setup.state(), **extra}
 
 
 def load_run(run_dir: str | Path):
@@ -86,6 +74,30 @@ def load_run(run_dir: str | Path):
     """
     model, cfg, task, _ = _load_run(run_dir)
     return model, cfg, task
+
+
+def load_checkpoints(run_dir: str | Path) -> list[tuple[int, Model]]:
+    """`(step, model)` for every valid checkpoint of a saved run, oldest first
+    (e.g. for `rnnode.analysis.track_fixed_points`). Checkpoints that cannot
+    be read are skipped.
+
+    **Raises:** `FileNotFoundError` if there is no run or no usable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    out = []
+    with x64_context(cfg):
+        cfg, task, setup = prepare(cfg)
+        like = _checkpoint_like(cfg, task, setup)
+        for step, path in sorted(ckpt.list_checkpoints(run_dir)):
+            try:
+                _, state = ckpt.load_checkpoint(path, like)
+            except Exception:  # a torn or foreign file: skip it
+                continue
+            out.append((int(step), setup.model_from(state["params"])))
+    if not out:
+        raise FileNotFoundError(f"{run_dir} has no usable checkpoint")
+    return out
 
 
 def evaluate(run_dir: str | Path) -> dict:

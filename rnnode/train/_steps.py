@@ -65,7 +65,8 @@ def make_chunk(static, opt, loss_fn, *, steps_per_call, batch_size, dtype, mesh)
         xb, yb, wb = sample(data, sub)
 
         def f(p):
-            return loss_fn(eqx.combine(p, static), xb, yb, wb)
+            # the batch's noise (noisy models only) from the batch's own key
+            return loss_fn(eqx.combine(p, static), xb, yb, wb, jr.fold_in(sub, 1))
 
         loss, grads = jax.value_and_grad(f)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -102,7 +103,16 @@ def make_chunk(static, opt, loss_fn, *, steps_per_call, batch_size, dtype, mesh)
 
 
 def make_online_chunk(
-    static, opt, method, per_step, *, steps_per_call, batch_size, dtype, mesh
+    static,
+    opt,
+    method,
+    per_step,
+    *,
+    steps_per_call,
+    batch_size,
+    dtype,
+    mesh,
+    reset_every=None,
 ):
     """Online learning with any online method (`RTRL`, `SnAp`, `UORO`, `KFRTRL`,
     `RFLO`, `EProp`): every step consumes one time step of `batch_size` parallel
@@ -113,7 +123,9 @@ def make_online_chunk(
     `init_states(params, batch, key)` starts one online state per stream, each
     stochastic method's with its own key split from `key` (deterministic methods
     ignore it). The keys come from the run's key and live on in the online states,
-    which are checkpointed, so a resumed run is bit-identical."""
+    which are checkpointed, so a resumed run is bit-identical. With
+    `reset_every = k`, every `k` steps of a stream the states and traces start
+    afresh (`method.reset`, a washout) and the keys go on."""
 
     def draw(data, key):
         xs, ys, ws = data
@@ -133,8 +145,7 @@ def make_online_chunk(
     def init_states(params, batch, key):
         model = eqx.combine(params, static)
         h0 = None if model.learn_initial_state else model.init_state().astype(dtype)
-        keys = jr.split(key, batch[0].shape[1])
-        return jax.vmap(lambda k: method.init(model, h0, key=k))(keys)
+        return method.init(model, h0, key=key, streams=batch[0].shape[1])
 
     def one_step(carry, data):
         params, opt_state, key, bad, stream, rstate, t = carry
@@ -144,15 +155,14 @@ def make_online_chunk(
         x_t, y_t, a_t = xs[t], ys[t], ws[t]
         x_next = xs[jnp.minimum(t + 1, T - 1)]
 
-        def one(s, x, xn, y, a):
-            return method.step(model, s, x, y, loss=per_step, weight=a, x_next=xn)
-
-        new_rstate, ls, grads = jax.vmap(one)(rstate, x_t, x_next, y_t, a_t)
-        # `grads` are a_t dl_t/dθ per stream: average over the streams, scaled by T
-        # so that uniform weights a_t = 1/T give the plain per-step gradient
+        new_rstate, loss, grads = method.step(
+            model, rstate, x_t, y_t, loss=per_step, weight=a_t, x_next=x_next
+        )
+        # the mean over the streams of a_t dl_t/dθ, scaled by T so that uniform
+        # weights a_t = 1/T give the plain per-step gradient
         grads = eqx.filter(grads, eqx.is_inexact_array)
-        grads = jax.tree.map(lambda g: (T * jnp.mean(g, axis=0)).astype(g.dtype), grads)
-        loss = T * jnp.mean(ls)
+        grads = jax.tree.map(lambda g: (T * g).astype(g.dtype), grads)
+        loss = T * loss
         updates, new_opt = opt.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
@@ -165,7 +175,20 @@ def make_online_chunk(
             return s, init_states(params, s, states_key(sub)), jnp.asarray(0, t.dtype)
 
         def go_on(_):
-            return stream, new_rstate, t
+            if reset_every is None:
+                return stream, new_rstate, t
+            new_model = eqx.combine(params, static)
+            h0 = None if new_model.learn_initial_state else new_model.init_state()
+
+            def washout(s):
+                return method.reset(
+                    new_model, s, None if h0 is None else h0.astype(dtype)
+                )
+
+            rstate = jax.lax.cond(
+                t % reset_every == 0, washout, lambda s: s, new_rstate
+            )
+            return stream, rstate, t
 
         stream, rstate, t = jax.lax.cond(t >= T, restart, go_on, None)
         carry = (params, opt_state, key, ~ok, stream, rstate, t)

@@ -105,7 +105,9 @@ def format_errors(
             msg = f"must be {_TYPE_WORDS[typ]}, got {show_value(inp)}"
         else:
             msg = f"{msg}, got {show_value(inp)}"
-        path = prefix + ".".join(loc)
+        # a whole-model check (no location) reports under the prefix itself;
+        # its message names the key (`task.options: num_steps: ...`)
+        path = (prefix + ".".join(loc)).rstrip(".")
         lines.append(f"{path}: {msg}" if path else msg)
     # a union (e.g. `int | 'all'`) reports one error per member: keep the first
     seen, out = set(), []

@@ -355,6 +355,10 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, gt=0)
     steps_per_call: int = Field(50, gt=0)
     online: bool = False
+    # online: `batch_size` parallel streams, the gradient averaged over them;
+    # every `reset_every` steps of a stream its state and the method's traces
+    # start afresh (a washout; the method's keys go on)
+    reset_every: int | None = Field(None, gt=0)
     dtype: Literal["float32", "float64"] = "float32"
 
 
@@ -404,6 +408,12 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _combinations(self):
         g = self.gradient.name
+        if self.train.reset_every is not None and not self.train.online:
+            raise _PathError(
+                "train.reset_every",
+                "resets are for online training (the streams' states and traces); "
+                "set train.online: true, or drop train.reset_every",
+            )
         if self.train.online and g not in ONLINE_GRADIENTS:
             raise _PathError(
                 "train.online",
