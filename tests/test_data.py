@@ -26,6 +26,10 @@ NAMES = [
     "sunspots",
     "steady_state",
     "flipflop",
+    "henon",
+    "mackey_glass",
+    "lorenz",
+    "laser",
     "decision",
     "context",
     "delay_match",
@@ -47,12 +51,19 @@ SMALL = {
     "sunspots": dict(num_steps=12, warmup=2, stride=3),
     "steady_state": dict(num_train=16, num_test=8),
     "flipflop": dict(num_steps=30, num_train=4, num_test=4, p=0.2),
+    "henon": dict(num_steps=20, num_train=3, num_val=2, num_test=2),
+    "mackey_glass": dict(
+        num_steps=20, num_train=3, num_val=2, num_test=2, transient=50.0
+    ),
+    "lorenz": dict(num_steps=20, num_train=3, num_val=2, num_test=2, transient=1.0),
+    "laser": dict(num_steps=50, stride=100),
     "decision": dict(timing={"stimulus": 200}, num_train=6, num_test=4),
     "context": dict(timing={"delay": 100}, num_train=6, num_test=4),
     "delay_match": dict(timing={"delay": 100}, num_train=6, num_test=4),
     "go_nogo": dict(num_train=6, num_test=4),
     "ready_set_go": dict(timing={"measure": [200, 300]}, num_train=6, num_test=4),
 }
+DETERMINISTIC = ("sunspots", "laser")  # measured series: the seed is not used
 
 _cache = {}
 
@@ -88,7 +99,9 @@ def test_contract(name):
     assert task.kind in ("sequence", "equilibrium")
     assert task.dt > 0
     json.dumps(task.info)  # the trainer may save it beside the results
-    for split in (task.train, task.test):
+    if name not in COGNITIVE:  # those have no validation split yet
+        assert list(task.splits) == ["train", "val", "test"]
+    for split in task.splits.values():
         assert isinstance(split, Split)
         T, N, m = split.xs.shape
         assert split.xs.dtype == np.float64 and m == task.input_size
@@ -114,7 +127,7 @@ def test_contract(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_perfect_outputs_score_perfectly(name):
     task = small(name)
-    for split in (task.train, task.test):
+    for split in task.splits.values():
         metrics = task.metrics(perfect_outputs(task, split), split)
         assert all(isinstance(v, float) for v in metrics.values())
         if task.loss == "mse":
@@ -156,13 +169,11 @@ def test_deterministic(name):
     first = make_task(name, SMALL[name], seed=3)
     again = make_task(name, SMALL[name], seed=3)
     other = make_task(name, SMALL[name], seed=4)
-    for a, b, c in (
-        (first.train, again.train, other.train),
-        (first.test, again.test, other.test),
-    ):
+    for split in first.splits:
+        a, b, c = (t.splits[split] for t in (first, again, other))
         for field in ("xs", "ys", "weights"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-        if name != "sunspots":  # the only task without randomness
+        if name not in DETERMINISTIC:
             assert not np.array_equal(a.xs, c.xs)
     assert first.info == again.info
 
@@ -174,25 +185,47 @@ def test_test_set_does_not_depend_on_num_train():
 
 
 @pytest.mark.parametrize(
-    "name", ["oscillator_fit", "linear_example", "sine", "adding", "steady_state"]
+    "name",
+    ["oscillator_fit", "linear_example", "sine", "adding", "steady_state", "add"]
+    + ["flipflop", "henon", "mackey_glass", "lorenz"],
 )
-def test_train_test_disjoint_sequences(name):
+def test_train_val_test_disjoint_sequences(name):
     task = small(name)
-    train = task.train.xs.transpose(1, 0, 2).reshape(task.train.num_sequences, -1)
-    test = task.test.xs.transpose(1, 0, 2).reshape(task.test.num_sequences, -1)
-    assert not (train[:, None, :] == test[None, :, :]).all(-1).any()
+    flat = {
+        k: s.xs.transpose(1, 0, 2).reshape(s.num_sequences, -1)
+        for k, s in task.splits.items()
+    }
+    for a, b in (("train", "test"), ("val", "test"), ("train", "val")):
+        assert not (flat[a][:, None, :] == flat[b][None, :, :]).all(-1).any(), (a, b)
+
+
+def test_validation_generator_leaves_train_and_test_as_they_were():
+    # tasks spawn the validation generator after the others, and spawning one
+    # more child leaves the first ones as they were: saved runs' data hold
+    from rnnode.data._base import rngs
+
+    for a, b in zip(rngs(7, 2), rngs(7, 3)[:2], strict=True):
+        np.testing.assert_array_equal(
+            a.integers(2**62, size=4), b.integers(2**62, size=4)
+        )
 
 
 def test_digits_split_is_disjoint_stratified_and_complete():
     task = make_task("digits", seed=1)
-    assert task.train.num_sequences + task.test.num_sequences == 1797
+    sizes = [s.num_sequences for s in task.splits.values()]
+    assert sum(sizes) == 1797
     assert task.test.num_sequences == math.ceil(0.25 * 1797)
+    assert task.val.num_sequences == math.ceil(0.1 * 1797)
     flat = lambda s: s.xs.transpose(1, 0, 2).reshape(s.num_sequences, 64)  # noqa: E731
-    train, test = flat(task.train), flat(task.test)
+    rows = [flat(s) for s in task.splits.values()]
     # load_digits has no duplicate images, so disjoint splits share no rows
-    assert len(np.unique(np.concatenate([train, test]), axis=0)) == 1797
-    counts = [np.bincount(s.ys[-1], minlength=10) for s in (task.train, task.test)]
-    np.testing.assert_allclose(counts[1] / counts[0], 1 / 3, atol=0.05)
+    assert len(np.unique(np.concatenate(rows), axis=0)) == 1797
+    counts = [np.bincount(s.ys[-1], minlength=10) for s in task.splits.values()]
+    np.testing.assert_allclose(counts[2] / counts[0], 450 / 1167, atol=0.05)
+    np.testing.assert_allclose(counts[1] / counts[0], 180 / 1167, atol=0.05)
+    # the test images do not depend on the validation split
+    other = make_task("digits", {"val_fraction": 0.3}, seed=1)
+    np.testing.assert_array_equal(other.test.xs, task.test.xs)
     assert np.all(task.train.ys == task.train.ys[-1])  # the label at every row
     np.testing.assert_array_equal(task.train.weights, [0] * 7 + [1])
     assert 0 <= task.train.xs.min() and task.train.xs.max() <= 1
@@ -221,15 +254,21 @@ def test_sunspots_windows_and_persistence():
     options = dict(num_steps=15, horizon=3, warmup=4)
     task = make_task("sunspots", options)
     info = task.info
-    assert info["train_years"][1] < info["test_years"][0]
-    assert info["train_years"][0] == 1700 and info["test_years"][1] == 2008
-    n_train = info["train_years"][1] - 1700 + 1
+    assert info["train_period"][0] == 1700 and info["test_period"][1] == 2008
+    # in time order, the validation years between the training and test years
+    assert info["train_period"][1] + 1 == info["val_period"][0]
+    assert info["val_period"][1] + 1 == info["test_period"][0]
+    n_fit = info["train_period"][1] - 1700 + 1
+    n_train = info["val_period"][1] - 1700 + 1  # all before the test years
+    assert n_fit == 309 - round(0.2 * 309) - round(0.1 * 309)
     assert n_train == 309 - round(0.2 * 309)
     assert info["mean"] == pytest.approx(raw[:n_train].mean())
+    v0 = info["std"] * task.val.xs[:, 0, 0] + info["mean"]
+    np.testing.assert_allclose(v0, raw[n_fit : n_fit + 15])
     original = lambda a: a * info["std"] + info["mean"]  # noqa: E731
     # train windows come from the training years, test windows from the test years
     train_values = np.unique(original(task.train.xs))
-    assert np.all(np.isin(np.round(train_values, 6), np.round(raw[:n_train], 6)))
+    assert np.all(np.isin(np.round(train_values, 6), np.round(raw[:n_fit], 6)))
     test0 = original(task.test.xs[:, 0, 0])
     np.testing.assert_allclose(test0, raw[n_train : n_train + 15])
     np.testing.assert_allclose(

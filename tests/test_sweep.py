@@ -108,7 +108,16 @@ def _trials(path):
         ({"sampler": "cmaes"}, r"^sampler\.name: must be one of 'tpe', 'random' or"),
         ({"sampler": {"name": "tpe", "n_startup": 3}}, r"^sampler\.n_startup: unknown"),
         ({"pruner": {"name": "median", "warmup": 3}}, r"^pruner\.warmup: unknown"),
-        ({"metric": "test.mae"}, r"^metric: unknown metric 'test\.mae' \(did you mean"),
+        ({"metric": "val.mae"}, r"^metric: unknown metric 'val\.mae' \(did you mean"),
+        (
+            {"metric": "test.mse"},
+            r"^metric: test\.mse scores the test split, which a sweep must not see "
+            r".*; use the validation one, val\.mse$",
+        ),
+        (
+            {"metric": "test_loss"},
+            r"^metric: test_loss scores the test split.*val_loss$",
+        ),
         ({"n_trial": 3}, r"^n_trial: unknown key \(did you mean n_trials\?\)"),
         ({"overrides": {"train.step": 3}}, r"^overrides: train\.step: unknown key"),
         ({"config": "sinus"}, r"^config: no file 'sinus' .*did you mean sine"),
@@ -169,7 +178,8 @@ def test_small_sweep_runs_n_trials_and_writes_its_report(tmp_path):
         assert t.user_attrs["run_dir"] == str(run)
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 10
-        assert t.value == pytest.approx(summary["test_loss"])
+        assert t.value == pytest.approx(summary["val_loss"])  # not the test's
+        assert summary["test_loss"] != summary["val_loss"]
         # reported at each evaluation (train.eval_every=5) through train(on_eval=)
         assert sorted(t.intermediate_values) == [5, 10]
         assert t.intermediate_values[10] == pytest.approx(t.value)
@@ -189,7 +199,7 @@ def test_small_sweep_runs_n_trials_and_writes_its_report(tmp_path):
         out / f"trial_{best.number}" / "config.yaml"
     ).read_text()
     rows = (out / "trials.csv").read_text().splitlines()
-    assert rows[0] == "trial,state,test_loss,optim.lr,size,time_s,note,run_dir"
+    assert rows[0] == "trial,state,val_loss,optim.lr,size,time_s,note,run_dir"
     assert len(rows) == 3 and all(",complete," in r for r in rows[1:])
     for png in ("history.png", "slice.png"):
         assert (out / png).stat().st_size > 1000
@@ -206,7 +216,8 @@ def test_pruned_trial_stops_at_once_and_keeps_what_it_wrote(tmp_path):
     run = Path(t.user_attrs["run_dir"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "pruned" and summary["step"] == 5
-    assert summary["test_loss"] == pytest.approx(t.intermediate_values[5])
+    assert summary["val_loss"] == pytest.approx(t.intermediate_values[5])
+    assert "test_loss" not in summary  # a stopped run never sees its test split
     records = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in records] == [5]
     assert len((run / "train_loss.csv").read_text().splitlines()) == 1 + 5

@@ -106,10 +106,15 @@ def test_quickstart_end_to_end(quickstart):
     assert losses[-5:].mean() < losses[:5].mean(), "the loss must fall"
     records = _metrics(run)
     assert [r["step"] for r in records] == [10, 20, 30]
-    assert records[-1]["test_loss"] < records[0]["test_loss"]
-    assert {"mse", "baseline_mse"} <= set(records[-1]["test"])
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    assert {"mse", "baseline_mse"} <= set(records[-1]["val"])
+    # evaluations during training score the validation split; the test split
+    # is scored once, into the summary
+    assert not any("test" in r or "test_loss" in r for r in records)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 30
+    assert summary["val_loss"] == pytest.approx(records[-1]["val_loss"])
+    assert summary["test_loss"] != summary["val_loss"] and summary["test"]["mse"] > 0
     env = summary["environment"]
     assert env["versions"] == {
         "rnnode": rnnode.__version__,
@@ -531,8 +536,8 @@ def test_task_config_short_run(name, tmp_path):
     losses = _losses(out)
     assert np.all(np.isfinite(losses))
     if cfg.train.online:  # per-time-step losses: compare the test losses instead
-        first, last = (r["test_loss"] for r in _metrics(out))
-        assert last < first, f"test loss did not fall: {first} -> {last}"
+        first, last = (r["val_loss"] for r in _metrics(out))
+        assert last < first, f"validation loss did not fall: {first} -> {last}"
     else:
         assert losses[-1] < losses[0], f"loss did not fall: {losses}"
     assert np.isfinite(summary["test_loss"]) and summary["test"]

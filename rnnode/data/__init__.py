@@ -1,14 +1,15 @@
 """Tasks: generated and packaged data sets with train/test splits, time-major.
 
-`make_task(name, options, seed=...)` returns a `Task` whose `train` and `test`
-`Split`s hold `xs (T, N, input_size)`, `ys (T, N, output_size)` (or integer labels
+`make_task(name, options, seed=...)` returns a `Task` whose `train`, `val`
+(validation) and `test` `Split`s hold `xs (T, N, input_size)`, `ys (T, N, output_size)` (or integer labels
 `(T, N)`) and the time weights `a_t`; `list_tasks()` names the tasks and
 `TASK_OPTIONS[name]` is the pydantic model of each task's options. No network:
-the data are generated, or loaded from scikit-learn and statsmodels.
+the data are generated, or loaded from scikit-learn, statsmodels and reservoirpy.
+`nmse` is the normalised mean squared error of the series tasks.
 """
 
 from ._add import AddOptions as AddOptions
-from ._base import Split as Split, Task as Task
+from ._base import Split as Split, Task as Task, nmse as nmse
 from ._cognitive import (
     psychometric as psychometric,
     responses as responses,
@@ -32,6 +33,12 @@ from ._registry import (
     TASK_OPTIONS as TASK_OPTIONS,
     list_tasks as list_tasks,
     make_task as make_task,
+)
+from ._series import (
+    HenonOptions as HenonOptions,
+    LaserOptions as LaserOptions,
+    LorenzOptions as LorenzOptions,
+    MackeyGlassOptions as MackeyGlassOptions,
 )
 from ._synthetic import (
     LinearExampleOptions as LinearExampleOptions,

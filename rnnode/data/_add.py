@@ -6,7 +6,7 @@ import functools
 import math
 
 import numpy as np
-from pydantic import ValidationInfo, field_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from ._base import (
     Count,
@@ -15,6 +15,7 @@ from ._base import (
     Task,
     TaskOptions,
     classification_metrics,
+    default_num_val,
     rngs,
     uniform,
 )
@@ -32,8 +33,13 @@ class AddOptions(TaskOptions):
     num_train: Count = 1
     """Training streams (online training reads `train.batch_size` of them in
     parallel)."""
+    num_val: Count | None = None
+    """Validation streams (streams of their own, drawn like the training ones;
+    default: as many as `num_test`)."""
     num_test: Count = 1
     """Test streams."""
+
+    _num_val = model_validator(mode="after")(default_num_val)
 
     @field_validator("num_steps")
     @classmethod
@@ -69,7 +75,8 @@ def add(o: AddOptions, *, seed: int) -> Task:
     0.5` and `chance_cross_entropy = log 2`; the three floors `floor_nothing`,
     `floor_first`, `floor_both`.
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     T, lag = o.num_steps, max(o.t1, o.t2)
 
     def split(n, rng):
@@ -84,6 +91,7 @@ def add(o: AddOptions, *, seed: int) -> Task:
         name="add",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=2,
         output_size=2,
         loss="cross_entropy",

@@ -52,14 +52,22 @@ _SHARED = {
         Count,
         "Training examples (sequences, or the inputs of an equilibrium task).",
     ),
-    "num_test": (Count, "Test examples."),
+    "num_val": (
+        Count | None,
+        "Validation examples: drawn like the training ones, disjoint from the test "
+        "ones (what evaluations during training and sweeps score); `None` (the "
+        "default): as many as `num_test`.",
+    ),
+    "num_test": (Count, "Test examples (scored once, at the end of a run)."),
 }
 
 
 def shared_options(**defaults: Any) -> type[TaskOptions]:
     """A `TaskOptions` base with the options most tasks share, with this task's
     defaults: the fields named in `defaults`, of `dt` (sampling interval, > 0),
-    `num_steps` (samples per sequence), `num_train` and `num_test` (counts >= 1).
+    `num_steps` (samples per sequence), `num_train`, `num_val` and `num_test`
+    (counts >= 1; `num_val=None` is as many as `num_test`, so that validation
+    and test batches share their shapes and their compiled evaluation).
 
     ```python
     class SineOptions(shared_options(dt=0.1, num_steps=100, num_train=32, num_test=16)):
@@ -82,12 +90,24 @@ def shared_options(**defaults: Any) -> type[TaskOptions]:
         for name, (kind, doc) in _SHARED.items()
         if name in defaults
     }
-    return pydantic.create_model("SharedOptions", __base__=TaskOptions, **fields)
+    validators = {}
+    if "num_val" in defaults:
+        validators["_num_val"] = pydantic.model_validator(mode="after")(default_num_val)
+    return pydantic.create_model(
+        "SharedOptions", __base__=TaskOptions, __validators__=validators, **fields
+    )
+
+
+def default_num_val(options):
+    """An options model's `num_val = None` made `num_test`."""
+    if options.num_val is None:
+        options.num_val = options.num_test
+    return options
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
-    """One split (train or test) of a task: time-major arrays.
+    """One split (train, validation or test) of a task: time-major arrays.
 
     **Fields:**
 
@@ -178,7 +198,14 @@ class Task:
     **Fields:**
 
     - `name`: the task's name (see `rnnode.data.list_tasks()`).
-    - `train`, `test`: the two `Split`s.
+    - `train`, `test`: the training and test `Split`s. The test split is scored
+      once, at the end of a run.
+    - `val`: the validation `Split`, drawn like the training data (from the
+      training period of a measured series, from a generator of its own for a
+      generated task; for an online stream, a stream of its own) and disjoint
+      from the test split: evaluations during training and a sweep's selection
+      score it, never the test split. Every built-in task has one; `None` only
+      for a task defined elsewhere that has none.
     - `input_size`, `output_size`: feature sizes of the model's input and output
       (for a classification task, `output_size` is the number of classes: the
       model outputs logits).
@@ -207,13 +234,20 @@ class Task:
     metrics: Callable[[np.ndarray, Split], dict[str, float]]
     info: dict[str, Any]
     rest_input: tuple[float, ...] | None = None
+    val: Split | None = None
+
+    @property
+    def splits(self) -> dict[str, Split]:
+        """The splits by name: `train`, `val` (when there is one), `test`."""
+        named = {"train": self.train, "val": self.val, "test": self.test}
+        return {k: v for k, v in named.items() if v is not None}
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"`Task.loss` must be one of {LOSSES}, got {self.loss!r}")
         if self.kind not in KINDS:
             raise ValueError(f"`Task.kind` must be one of {KINDS}, got {self.kind!r}")
-        for split in (self.train, self.test):
+        for split in self.splits.values():
             if split.xs.shape[-1] != self.input_size:
                 raise ValueError("`Task.input_size` disagrees with the data")
             labels = split.ys.ndim == 2
@@ -268,6 +302,28 @@ def classification_metrics(
         scored = w > 0
         metrics["sequence_accuracy"] = float(np.mean(np.all(correct | ~scored, axis=0)))
     return metrics
+
+
+def nmse(outputs, split: Split) -> float:
+    """The normalised mean squared error of `outputs` on `split`'s scored steps:
+
+    `NMSE = Σ_{t,n} a_t ‖o_{t,n} - y_{t,n}‖² / Σ_{t,n} a_t ‖y_{t,n} - ȳ‖²`,
+
+    `ȳ` the (weighted) mean target of the split, per feature: the MSE divided by
+    the variance of the targets, so predicting the mean scores 1 and a perfect
+    prediction 0, whatever the series' scale (the metric of the Santa Fe
+    competition, Weigend & Gershenfeld 1994, and of next-step prediction
+    studies).
+
+    **Arguments:**
+
+    - `outputs`: the model's outputs `(T, N, output_size)` on the split.
+    - `split`: a regression `Split`.
+
+    **Returns:** the NMSE, a float (`inf` if every target is the same).
+    """
+    m = regression_metrics(outputs, split)
+    return m["mse"] / m["baseline_mse"] if m["baseline_mse"] > 0 else math.inf
 
 
 def _step_weights(split: Split) -> np.ndarray:

@@ -16,7 +16,7 @@ from ._base import (
 
 
 class FlipFlopOptions(
-    shared_options(dt=0.5, num_steps=100, num_train=512, num_test=128)
+    shared_options(dt=0.5, num_steps=100, num_train=512, num_val=None, num_test=128)
 ):
     """Options of `flipflop` (`dt`: the task has no time scale of its own; it is
     the integrator step a config takes by default, against the network's `τ`)."""
@@ -52,7 +52,8 @@ def flipflop(o: FlipFlopOptions, *, seed: int) -> Task:
     sign to match and are left out; NaN if there is none); `chance_sign_accuracy`
     = 0.5.
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     T, K = o.num_steps, o.bits
 
     def split(n, rng):
@@ -65,6 +66,7 @@ def flipflop(o: FlipFlopOptions, *, seed: int) -> Task:
         name="flipflop",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=K,
         output_size=K,
         loss="mse",

@@ -22,7 +22,7 @@ AtLeastTwo = integer(ge=2)
 # adding
 
 
-class AddingOptions(shared_options(num_train=1000, num_test=200)):
+class AddingOptions(shared_options(num_train=1000, num_val=None, num_test=200)):
     """Options of `adding`."""
 
     num_steps: AtLeastTwo = 50
@@ -42,7 +42,8 @@ def adding(o: AddingOptions, *, seed: int) -> Task:
     the variance of the sum of two uniforms): a model below it has learnt to
     remember.
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     T = o.num_steps
 
     def split(n, rng):
@@ -62,6 +63,7 @@ def adding(o: AddingOptions, *, seed: int) -> Task:
         name="adding",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=2,
         output_size=1,
         loss="mse",
@@ -75,7 +77,7 @@ def adding(o: AddingOptions, *, seed: int) -> Task:
 # copy
 
 
-class CopyOptions(shared_options(num_train=1000, num_test=200)):
+class CopyOptions(shared_options(num_train=1000, num_val=None, num_test=200)):
     """Options of `copy`."""
 
     num_symbols: AtLeastTwo = 8
@@ -102,7 +104,8 @@ def copy(o: CopyOptions, *, seed: int) -> Task:
     `chance_accuracy = 1/num_symbols` and `chance_cross_entropy = log num_symbols`
     of a memoryless guess.
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     K, k = o.num_symbols, o.length
     blank, go = K, K + 1
     T = 2 * k + o.delay + 1
@@ -124,6 +127,7 @@ def copy(o: CopyOptions, *, seed: int) -> Task:
         name="copy",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=K + 2,
         output_size=K,
         loss="cross_entropy",

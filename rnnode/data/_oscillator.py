@@ -24,7 +24,7 @@ from ._base import (
 
 
 class OscillatorFitOptions(
-    shared_options(dt=0.1, num_steps=100, num_train=8, num_test=4)
+    shared_options(dt=0.1, num_steps=100, num_train=8, num_val=None, num_test=4)
 ):
     """Options of `oscillator_fit` (and, with other defaults, `oscillator_ctrnn`)."""
 
@@ -63,6 +63,8 @@ class OscillatorCTRNNOptions(OscillatorFitOptions):
 
     num_train: Count = 32
     """Training sequences."""
+    num_val: Count | None = None
+    """Validation sequences (default: as many as `num_test`)."""
     num_test: Count = 8
     """Test sequences."""
     observe: Literal["state", "position"] = "position"
@@ -105,9 +107,11 @@ def oscillator_ctrnn(options: OscillatorCTRNNOptions, *, seed: int) -> Task:
 
 
 def _oscillator_task(name: str, o: OscillatorFitOptions, *, seed: int) -> Task:
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     train = _oscillator_split(o, o.num_train, train_rng)
     test = _oscillator_split(o, o.num_test, test_rng)
+    val = _oscillator_split(o, o.num_val, val_rng)
     observed = ["x", "v"] if o.observe == "state" else ["x"]
     if o.drive == "sines":
         drive = "F(t) = A sum_j sin(Omega_j t + phi_j), Omega_j and phi_j random per sequence"
@@ -126,6 +130,7 @@ def _oscillator_task(name: str, o: OscillatorFitOptions, *, seed: int) -> Task:
         name=name,
         train=train,
         test=test,
+        val=val,
         input_size=1,
         output_size=len(observed),
         loss="mse",

@@ -29,6 +29,16 @@ from ._oscillator import (
     oscillator_fit,
 )
 from ._real import DigitsOptions, SunspotsOptions, digits, sunspots
+from ._series import (
+    HenonOptions,
+    LaserOptions,
+    LorenzOptions,
+    MackeyGlassOptions,
+    henon,
+    laser,
+    lorenz,
+    mackey_glass,
+)
 from ._synthetic import (
     LinearExampleOptions,
     SineOptions,
@@ -50,6 +60,10 @@ _TASKS = {
     "sunspots": (sunspots, SunspotsOptions),
     "steady_state": (steady_state, SteadyStateOptions),
     "flipflop": (flipflop, FlipFlopOptions),
+    "henon": (henon, HenonOptions),
+    "mackey_glass": (mackey_glass, MackeyGlassOptions),
+    "lorenz": (lorenz, LorenzOptions),
+    "laser": (laser, LaserOptions),
     "decision": (decision, DecisionOptions),
     "context": (context, ContextOptions),
     "delay_match": (delay_match, DelayMatchOptions),

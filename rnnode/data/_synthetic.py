@@ -23,7 +23,7 @@ from ._base import (
 
 
 class LinearExampleOptions(
-    shared_options(dt=0.1, num_steps=50, num_train=16, num_test=8)
+    shared_options(dt=0.1, num_steps=50, num_train=16, num_val=None, num_test=8)
 ):
     """Options of `linear_example`."""
 
@@ -56,7 +56,8 @@ def linear_example(o: LinearExampleOptions, *, seed: int) -> Task:
 
     **Metrics:** `mse`; `baseline_mse`, predicting the mean target.
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
 
     def split(n, rng):
         segments = -(-o.num_steps // o.hold_steps)
@@ -76,6 +77,7 @@ def linear_example(o: LinearExampleOptions, *, seed: int) -> Task:
         name="linear_example",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=o.size,
         output_size=o.size,
         loss="mse",
@@ -94,7 +96,9 @@ def linear_example(o: LinearExampleOptions, *, seed: int) -> Task:
 # sine
 
 
-class SineOptions(shared_options(dt=0.1, num_steps=100, num_train=32, num_test=16)):
+class SineOptions(
+    shared_options(dt=0.1, num_steps=100, num_train=32, num_val=None, num_test=16)
+):
     """Options of `sine`."""
 
     frequency_range: tuple[float, float] = (1.0, 3.0)
@@ -111,12 +115,13 @@ def sine(o: SineOptions, *, seed: int) -> Task:
 
     Each sequence draws `ω` uniformly from `frequency_range`; the input is the
     constant `ω / max(frequency_range)` and the target `A sin(ω (i + 1) dt)` at
-    step `i` (the state after the first input is at time `dt`). Train and test
-    frequencies are independent draws. Weights: uniform in time.
+    step `i` (the state after the first input is at time `dt`). Train, validation
+    and test frequencies are independent draws. Weights: uniform in time.
 
     **Metrics:** `mse`; `baseline_mse`, predicting the mean (≈ `A²/2`).
     """
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     omega_max = o.frequency_range[1]
     times = o.dt * np.arange(1, o.num_steps + 1)
 
@@ -130,6 +135,7 @@ def sine(o: SineOptions, *, seed: int) -> Task:
         name="sine",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=1,
         output_size=1,
         loss="mse",
@@ -147,7 +153,7 @@ def sine(o: SineOptions, *, seed: int) -> Task:
 # steady_state
 
 
-class SteadyStateOptions(shared_options(num_train=256, num_test=64)):
+class SteadyStateOptions(shared_options(num_train=256, num_val=None, num_test=64)):
     """Options of `steady_state`."""
 
     input_size: Count = 2
@@ -186,7 +192,7 @@ def steady_state(o: SteadyStateOptions, *, seed: int) -> Task:
 
     **Metrics:** `mse`; `baseline_mse`, predicting the mean target.
     """
-    teacher_rng, train_rng, test_rng = rngs(seed, 3)
+    teacher_rng, train_rng, test_rng, val_rng = rngs(seed, 4)
     n, m, k = o.hidden_size, o.input_size, o.output_size
     W = teacher_rng.standard_normal((n, n))
     W *= o.contraction / np.linalg.norm(W, ord=2)
@@ -207,6 +213,7 @@ def steady_state(o: SteadyStateOptions, *, seed: int) -> Task:
         name="steady_state",
         train=split(o.num_train, train_rng),
         test=split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         input_size=m,
         output_size=k,
         loss="mse",

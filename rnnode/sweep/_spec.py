@@ -15,7 +15,8 @@ params:                              # the search space, by dotted config key
     choices:
       bptt: {gradient.name: bptt}
       rtrl8: {gradient.name: rtrl, gradient.block: 8}
-metric: test_loss                    # test_loss, train_loss or test.NAME
+metric: val_loss                     # val_loss, train_loss or val.NAME (the
+                                     # validation split: never the test split)
 direction: minimize
 n_trials: 20
 sampler: {name: tpe, seed: 0}        # tpe | random | grid, with their options
@@ -136,7 +137,7 @@ class SweepSpec(_Strict):
     config: str = "quickstart"
     overrides: dict[str, Any] = {}
     params: dict[str, Param]
-    metric: str = "test_loss"
+    metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
     n_trials: Annotated[int, Field(ge=1)] | None = None
     sampler: SamplerSpec = SamplerSpec()
@@ -429,6 +430,14 @@ def _check_options(what: str, s: _Options, spec: SweepSpec) -> list[str]:
 
 
 def _check_metric(spec: SweepSpec, cfg) -> list[str]:
+    if spec.metric == "test_loss" or spec.metric.startswith("test."):
+        # choosing by the test split makes its numbers too good
+        valid = "val" + spec.metric[len("test") :]
+        return [
+            f"metric: {spec.metric} scores the test split, which a sweep must not "
+            f"see (it is scored once, at the end of each run); use the validation "
+            f"one, {valid}"
+        ]
     names = metric_names(cfg)
     if spec.metric in names:
         return []
@@ -440,22 +449,22 @@ def _check_metric(spec: SweepSpec, cfg) -> list[str]:
 
 
 def metric_names(cfg) -> list[str]:
-    """The metrics a run of `cfg` reports at each evaluation: `test_loss`,
-    `train_loss` and `test.NAME` for each of the task's metrics."""
+    """The metrics a run of `cfg` reports at each evaluation, what a sweep may
+    select by: `val_loss`, `train_loss` and `val.NAME` for each of the task's
+    metrics (on the validation split)."""
     from .. import data
 
     task = data.make_task(cfg.task.name, dict(cfg.task.options), seed=cfg.task.seed)
-    outs = np.zeros((*task.test.xs.shape[:2], task.output_size))
-    return ["test_loss", "train_loss"] + [
-        f"test.{k}" for k in task.metrics(outs, task.test)
-    ]
+    split = task.val if task.val is not None else task.test
+    outs = np.zeros((*split.xs.shape[:2], task.output_size))
+    return ["val_loss", "train_loss"] + [f"val.{k}" for k in task.metrics(outs, split)]
 
 
 def metric_value(record: dict, metric: str) -> float:
-    """The metric `test_loss`, `train_loss` or `test.NAME` of an evaluation
+    """The metric `val_loss`, `train_loss` or `val.NAME` of an evaluation
     record of `metrics.jsonl` (or of a run's summary)."""
-    if metric.startswith("test."):
-        return float(record["test"][metric[len("test.") :]])
+    if metric.startswith("val."):
+        return float(record["val"][metric[len("val.") :]])
     return float(record[metric])
 
 

@@ -34,11 +34,12 @@ def plot_losses(path: Path, steps, losses, metrics: list[dict], *, title: str = 
         if w > 1:
             smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
             ax.plot(steps[w - 1 :], smooth, color="C0", label=f"train (mean of {w})")
-    ev = [(r["step"], r.get("test_loss")) for r in metrics]
+    # the validation loss (runs made before there was one: the test loss)
+    ev = [(r["step"], r.get("val_loss", r.get("test_loss"))) for r in metrics]
     ev = [(s, v) for s, v in ev if isinstance(v, (int, float))]
     if ev:
         s, v = zip(*ev, strict=True)
-        ax.plot(s, v, "o-", color="C3", label="test")
+        ax.plot(s, v, "o-", color="C3", label="validation")
         positive = positive and all(x > 0 for x in v)
     if positive:
         ax.set_yscale("log")

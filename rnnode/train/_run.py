@@ -158,8 +158,10 @@ def train(
     - `on_eval`: called as `on_eval(step, record)` after each evaluation (every
       `train.eval_every` steps and at the end) once that step's metrics and
       checkpoint are written; `record` is the line of `metrics.jsonl`
-      (`train_loss`, `test_loss`, `test: {metric: value}`). Raising
-      `StopTraining` from it stops the run there.
+      (`train_loss`, `val_loss`, `val: {metric: value}`: the evaluations
+      during training score the task's validation split; the test split is
+      scored once, at the end, into the summary). Raising `StopTraining` from
+      it stops the run there.
 
     **Raises:** `ConfigError` for an invalid config (before anything is
     written), `TrainingDiverged` if the loss stops being finite,
@@ -198,13 +200,16 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
     loop = _Loop(run, progress, on_eval)
     try:
         loop.train()
-        # ---- final evaluation (inside: a failed solve is reported the same way)
-        test_loss, metrics, hs, outs = run.evaluate_now()
+        # ---- final evaluation (inside: a failed solve is reported the same way):
+        # the validation split as during training, the test split once, here
+        val_loss, val_metrics, _, _ = run.evaluate_now("val")
+        test_loss, metrics, hs, outs = run.evaluate_now("test")
     except eqx.EquinoxRuntimeError as e:
         raise _solve_failed(e, run.step, run.dir, run.main, run.environment) from None
     except StopTraining as e:
         if run.main:
-            last = {k: loop.last_record[k] for k in ("train_loss", "test_loss", "test")}
+            # a stopped run is not finished: its test split stays unseen
+            last = {k: loop.last_record[k] for k in ("train_loss", "val_loss", "val")}
             mt.write_summary(
                 run.dir,
                 {
@@ -235,6 +240,8 @@ def _train(config: Config, *, resume: bool, progress: bool, on_eval=None) -> dic
         "train_loss": last_record["train_loss"]
         if last_record
         else (records[-1]["train_loss"] if records else None),
+        "val_loss": val_loss,
+        "val": val_metrics,
         "test_loss": test_loss,
         "test": metrics,
         "num_params": num_params(model),
@@ -306,7 +313,13 @@ class _Run:
         self.main, self.environment = _is_main(), environment
         dtype = setup.dtype
         self.train_data = split_arrays(cfg, task, task.train, dtype)
-        self.test_data = split_arrays(cfg, task, task.test, dtype)
+        # a task defined without a validation split (`Task.val` None) is
+        # evaluated on its test split during training, as before there was one
+        self.val_split = task.val if task.val is not None else task.test
+        self.eval_data = {
+            "val": split_arrays(cfg, task, self.val_split, dtype),
+            "test": split_arrays(cfg, task, task.test, dtype),
+        }
         self.lname = loss_name(cfg, task)
         self.params, self.opt_state = setup.params, setup.opt_state
         # batch or online: decided here, once
@@ -375,20 +388,21 @@ class _Run:
         )
         return bad, losses, failed
 
-    def evaluate_now(self):
-        """`(test_loss, metrics, hs, outs)` of the current parameters."""
+    def evaluate_now(self, split: str):
+        """`(loss, metrics, hs, outs)` of the current parameters on the split
+        `"val"` or `"test"`."""
         model = self.setup.model_from(self.params)
-        hs, outs, test_loss = _evaluate(
+        hs, outs, loss = _evaluate(
             model,
-            *self.test_data,
+            *self.eval_data[split],
             self.task.kind,
             self.lname,
             build_equilibrium(self.cfg),
         )
         outs_np = np.asarray(outs, dtype=np.float64)
-        test_loss = float(test_loss)
-        metrics = self.task.metrics(outs_np, self.task.test)
-        return test_loss, metrics, np.asarray(hs), outs_np
+        scored = self.val_split if split == "val" else self.task.test
+        metrics = self.task.metrics(outs_np, scored)
+        return float(loss), metrics, np.asarray(hs), outs_np
 
     def save(self, elapsed: float):
         # Gathering sharded arrays is a collective: every process takes part,
@@ -505,14 +519,15 @@ class _Loop:
                 self.on_eval(step, self.last_record)
 
     def evaluate(self, elapsed: float) -> None:
-        """Evaluate on the test set; append the record to `metrics.jsonl`."""
+        """Evaluate on the validation split; append the record to
+        `metrics.jsonl`."""
         run = self.run
-        test_loss, metrics, _, _ = run.evaluate_now()
+        val_loss, metrics, _, _ = run.evaluate_now("val")
         record = {
             "step": run.step,
             "train_loss": float(np.mean(self.losses_since_eval)),
-            "test_loss": test_loss,
-            "test": metrics,
+            "val_loss": val_loss,
+            "val": metrics,
             "time_s": round(elapsed, 3),
         }
         self.losses_since_eval = []
@@ -520,7 +535,7 @@ class _Loop:
         if run.main:
             mt.write_metrics(run.dir, record)
         if self.bar is not None:
-            self.postfix["test"] = f"{test_loss:.4g}"
+            self.postfix["val"] = f"{val_loss:.4g}"
             self.bar.set_postfix(self.postfix)
 
 
