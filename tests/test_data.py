@@ -99,8 +99,7 @@ def test_contract(name):
     assert task.kind in ("sequence", "equilibrium")
     assert task.dt > 0
     json.dumps(task.info)  # the trainer may save it beside the results
-    if name not in COGNITIVE:  # those have no validation split yet
-        assert list(task.splits) == ["train", "val", "test"]
+    assert list(task.splits) == ["train", "val", "test"]
     for split in task.splits.values():
         assert isinstance(split, Split)
         T, N, m = split.xs.shape
@@ -187,7 +186,7 @@ def test_test_set_does_not_depend_on_num_train():
 @pytest.mark.parametrize(
     "name",
     ["oscillator_fit", "linear_example", "sine", "adding", "steady_state", "add"]
-    + ["flipflop", "henon", "mackey_glass", "lorenz"],
+    + ["flipflop", "henon", "mackey_glass", "lorenz", "decision", "context"],
 )
 def test_train_val_test_disjoint_sequences(name):
     task = small(name)

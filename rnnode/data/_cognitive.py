@@ -41,6 +41,7 @@ from ._base import (
     PositiveFloat,
     Split,
     TaskOptions,
+    default_num_val,
     integer,
 )
 
@@ -126,8 +127,12 @@ def cognitive_options(
         Shorter trials are padded (weight 0)."""
         num_train: Count = train_trials
         """Training trials."""
+        num_val: Count | None = None
+        """Validation trials, drawn like the training ones from a generator of
+        their own (what evaluations during training and sweeps score); `None`:
+        as many as `num_test`."""
         num_test: Count = 512
-        """Test trials."""
+        """Test trials (scored once, at the end of a run)."""
         timing: dict[str, Timing] = Field(default_factory=lambda: dict(periods))
         """Each period's duration (ms): a number, a list to draw from, or
         `{uniform: [lo, hi]}` / `{choice: [...]}` /
@@ -152,6 +157,10 @@ def cognitive_options(
                     f"are {', '.join(periods)}"
                 )
             return {**periods, **value}
+
+        @model_validator(mode="after")
+        def _num_val(self):
+            return default_num_val(self)
 
         @model_validator(mode="after")
         def _fits(self):

@@ -95,12 +95,14 @@ def decision(o: DecisionOptions, *, seed: int) -> Task:
             ),
         )
 
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "decision",
         o,
         split(o.num_train, train_rng),
         split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         outputs=3,
         metrics=decision_metrics,
         info={
@@ -215,12 +217,14 @@ def context(o: ContextOptions, *, seed: int) -> Task:
 
     stream = ["stream_1"] if o.coding == "signed" else ["stream_1a", "stream_1b"]
     stream2 = [s.replace("1", "2") for s in stream]
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "context",
         o,
         split(o.num_train, train_rng),
         split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         outputs=3,
         metrics=context_metrics,
         info={
@@ -321,12 +325,14 @@ def delay_match(o: DelayMatchOptions, *, seed: int) -> Task:
             ),
         )
 
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "delay_match",
         o,
         split(o.num_train, train_rng),
         split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         outputs=3,
         metrics=choice_metrics,
         info={"outputs": ["fixate", "match", "non_match"]},
@@ -382,12 +388,14 @@ def go_nogo(o: GoNoGoOptions, *, seed: int) -> Task:
             ),
         )
 
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "go_nogo",
         o,
         split(o.num_train, train_rng),
         split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         outputs=2,
         metrics=choice_metrics,
         info={"inputs": ["fixation", "nogo", "go"], "outputs": ["fixate", "go"]},
@@ -472,12 +480,14 @@ def ready_set_go(o: ReadySetGoOptions, *, seed: int) -> Task:
             ),
         )
 
-    train_rng, test_rng = rngs(seed, 2)
+    # the validation generator is spawned last: train and test are as before
+    train_rng, test_rng, val_rng = rngs(seed, 3)
     task = _task(
         "ready_set_go",
         o,
         split(o.num_train, train_rng),
         split(o.num_test, test_rng),
+        val=split(o.num_val, val_rng),
         outputs=2,
         metrics=interval_metrics,
         info={"inputs": ["fixation", "ready", "set"], "outputs": ["fixate", "go"]},
@@ -533,7 +543,7 @@ def _scored(metrics, num_classes, outputs, split) -> dict[str, float]:
     return {**base, **metrics(outputs, split)}
 
 
-def _task(name, o, train, test, *, outputs, metrics, info, rest=None) -> Task:
+def _task(name, o, train, test, *, val, outputs, metrics, info, rest=None) -> Task:
     # the input of the fixation period (fixation on, no stimulus): where the
     # network waits, the input that fixed-point analyses look at by default
     m = train.xs.shape[-1]
@@ -541,6 +551,7 @@ def _task(name, o, train, test, *, outputs, metrics, info, rest=None) -> Task:
     return Task(
         name=name,
         train=train,
+        val=val,
         test=test,
         input_size=train.xs.shape[-1],
         output_size=outputs,
