@@ -499,6 +499,50 @@ SMALL = {
         "task.options.num_test=4",
         "train.batch_size=8",
         "model.hidden_size=8",
+    ],    "decision": [
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "context": [
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "context_ei": [
+        # quieter trials and network, so that six steps surely lower the loss
+        "task.options.sigma_in=0.1",
+        "model.options.noise_std=0.01",
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "delay_match": [
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "go_nogo": [
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "ready_set_go": [
+        "task.options.num_train=8",
+        "task.options.num_test=4",
+        "train.batch_size=8",
+        "model.hidden_size=8",
+    ],
+    "context_rflo": [
+        "task.options.num_train=4",
+        "task.options.num_test=4",
+        "train.batch_size=2",
+        "model.hidden_size=8",
     ],
 }
 
