@@ -499,7 +499,8 @@ SMALL = {
         "task.options.num_test=4",
         "train.batch_size=8",
         "model.hidden_size=8",
-    ],    "decision": [
+    ],
+    "decision": [
         "task.options.num_train=8",
         "task.options.num_test=4",
         "train.batch_size=8",
