@@ -95,14 +95,11 @@ def decision(o: DecisionOptions, *, seed: int) -> Task:
             ),
         )
 
-    # the validation generator is spawned last: train and test are as before
-    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "decision",
         o,
-        split(o.num_train, train_rng),
-        split(o.num_test, test_rng),
-        val=split(o.num_val, val_rng),
+        split,
+        seed=seed,
         outputs=3,
         metrics=decision_metrics,
         info={
@@ -217,14 +214,11 @@ def context(o: ContextOptions, *, seed: int) -> Task:
 
     stream = ["stream_1"] if o.coding == "signed" else ["stream_1a", "stream_1b"]
     stream2 = [s.replace("1", "2") for s in stream]
-    # the validation generator is spawned last: train and test are as before
-    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "context",
         o,
-        split(o.num_train, train_rng),
-        split(o.num_test, test_rng),
-        val=split(o.num_val, val_rng),
+        split,
+        seed=seed,
         outputs=3,
         metrics=context_metrics,
         info={
@@ -325,14 +319,11 @@ def delay_match(o: DelayMatchOptions, *, seed: int) -> Task:
             ),
         )
 
-    # the validation generator is spawned last: train and test are as before
-    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "delay_match",
         o,
-        split(o.num_train, train_rng),
-        split(o.num_test, test_rng),
-        val=split(o.num_val, val_rng),
+        split,
+        seed=seed,
         outputs=3,
         metrics=choice_metrics,
         info={"outputs": ["fixate", "match", "non_match"]},
@@ -388,14 +379,11 @@ def go_nogo(o: GoNoGoOptions, *, seed: int) -> Task:
             ),
         )
 
-    # the validation generator is spawned last: train and test are as before
-    train_rng, test_rng, val_rng = rngs(seed, 3)
     return _task(
         "go_nogo",
         o,
-        split(o.num_train, train_rng),
-        split(o.num_test, test_rng),
-        val=split(o.num_val, val_rng),
+        split,
+        seed=seed,
         outputs=2,
         metrics=choice_metrics,
         info={"inputs": ["fixation", "nogo", "go"], "outputs": ["fixate", "go"]},
@@ -480,14 +468,11 @@ def ready_set_go(o: ReadySetGoOptions, *, seed: int) -> Task:
             ),
         )
 
-    # the validation generator is spawned last: train and test are as before
-    train_rng, test_rng, val_rng = rngs(seed, 3)
     task = _task(
         "ready_set_go",
         o,
-        split(o.num_train, train_rng),
-        split(o.num_test, test_rng),
-        val=split(o.num_val, val_rng),
+        split,
+        seed=seed,
         outputs=2,
         metrics=interval_metrics,
         info={"inputs": ["fixation", "ready", "set"], "outputs": ["fixate", "go"]},
@@ -543,7 +528,15 @@ def _scored(metrics, num_classes, outputs, split) -> dict[str, float]:
     return {**base, **metrics(outputs, split)}
 
 
-def _task(name, o, train, test, *, val, outputs, metrics, info, rest=None) -> Task:
+def _task(name, o, split, *, seed, outputs, metrics, info, rest=None) -> Task:
+    """The task whose train, validation and test splits are `split(n, rng)` with
+    the option's counts, each from its own generator of `seed`."""
+    # the validation generator is spawned last: train and test are as they were
+    # before tasks had a validation split
+    train_rng, test_rng, val_rng = rngs(seed, 3)
+    train = split(o.num_train, train_rng)
+    test = split(o.num_test, test_rng)
+    val = split(o.num_val, val_rng)
     # the input of the fixation period (fixation on, no stimulus): where the
     # network waits, the input that fixed-point analyses look at by default
     m = train.xs.shape[-1]

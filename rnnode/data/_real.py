@@ -30,6 +30,18 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 _DIGITS_SIZE = 1797  # images in sklearn.datasets.load_digits
 
 
+def _fractions_below_one(cls, value, info: ValidationInfo):
+    """`val_fraction` + `test_fraction` < 1 (a validator of both real-data
+    tasks' options; `test_fraction` is validated first)."""
+    del cls
+    if value + info.data.get("test_fraction", 0.0) >= 1:
+        raise ValueError(
+            f"`val_fraction` + `test_fraction` must be < 1, got {value} + "
+            f"{info.data['test_fraction']}"
+        )
+    return value
+
+
 class DigitsOptions(TaskOptions):
     """Options of `digits`."""
 
@@ -48,15 +60,7 @@ class DigitsOptions(TaskOptions):
     """`rows`: 8 steps of 8 pixels; `pixels`: 64 steps of one pixel (sequential
     digits, the small cousin of sequential MNIST)."""
 
-    @field_validator("val_fraction")
-    @classmethod
-    def _check_fractions(cls, value, info: ValidationInfo):
-        if value + info.data.get("test_fraction", 0.0) >= 1:
-            raise ValueError(
-                f"`val_fraction` + `test_fraction` must be < 1, got {value} + "
-                f"{info.data['test_fraction']}"
-            )
-        return value
+    _check_fractions = field_validator("val_fraction")(_fractions_below_one)
 
     @field_validator("num_train", "num_val", "num_test")
     @classmethod
@@ -182,15 +186,7 @@ class SunspotsOptions(TaskOptions):
     """Samples between the starts of consecutive windows."""
 
     # Fields are validated in order, so each check sees the ones above it.
-    @field_validator("val_fraction")
-    @classmethod
-    def _check_fractions(cls, value, info: ValidationInfo):
-        if value + info.data.get("test_fraction", 0.0) >= 1:
-            raise ValueError(
-                f"`val_fraction` + `test_fraction` must be < 1, got {value} + "
-                f"{info.data['test_fraction']}"
-            )
-        return value
+    _check_fractions = field_validator("val_fraction")(_fractions_below_one)
 
     @field_validator("num_steps", "horizon")
     @classmethod
