@@ -98,6 +98,13 @@ def test_folds_of_one_unit_by_continuation():
         if s != runs[-1]:
             runs.append(s)
     assert runs == ["stable", "unstable", "stable"]
+    assert branch.stopped == "path_end"
+    # a branch cut short says so
+    short = an.continue_fixed_points(
+        model, path, key=jr.PRNGKey(1), num_starts=8, max_points=5
+    )
+    assert [b.stopped for b in short.branches] == ["max_points"]
+    assert len(short.branches[0].s) == 5
     assert branch.s[0] == 0.0 and branch.s[-1] == pytest.approx(2.0, abs=1e-12)
     fig = an.plot_bifurcation(cont)
     assert len(fig.axes[0].collections) == 2  # the two folds marked

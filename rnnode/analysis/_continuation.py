@@ -27,6 +27,9 @@ class Branch:
       `inputs`: `(N, m)` the input there; `points`: `(N, n)`; `speeds`: `(N,)`.
     - `eigenvalues`: `(N, n)` (sorted as in `FixedPoints`); `stability`: per
       point one of `STABILITIES`.
+    - `stopped`: why the branch ends: `"path_end"` or `"path_start"` (it
+      reached an end of the path), or, short of it, `"step_too_small"` (the
+      corrector failed even at the smallest step) or `"max_points"`.
     """
 
     s: np.ndarray
@@ -35,6 +38,7 @@ class Branch:
     speeds: np.ndarray
     eigenvalues: np.ndarray
     stability: tuple[str, ...]
+    stopped: str = "path_end"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,15 +313,18 @@ class _Problem:
         t = self.tangent(z, np.eye(self.n + 1)[-1])
         zs, ts, found = [z], [t], []
         h_min = 1e-10 * end
+        stopped = "max_points"
         while len(zs) < max_points:
             z_new, its = self.correct(z + h * t, t)
             if z_new is None:
                 h /= 2
                 if h < h_min:
+                    stopped = "step_too_small"
                     break
                 continue
             t_new = self.tangent(z_new, t)
             if z_new[-1] > end or z_new[-1] < 0:
+                stopped = "path_end" if z_new[-1] > end else "path_start"
                 z_new = self.correct_at(z_new, end if z_new[-1] > end else 0.0)
                 zs.append(z_new)
                 ts.append(t_new)
@@ -341,6 +348,7 @@ class _Problem:
             speeds=np.asarray([sp for _, sp in spectra]),
             eigenvalues=eig,
             stability=tuple(classify(e, self.kind) for e in eig),
+            stopped=stopped,
         )
         return branch, found
 
